@@ -1,0 +1,94 @@
+"""The fine-tune: AdamW on the chosen completions, loss on completion tokens only.
+
+One optimizer step takes one *global* batch of ``batch_size`` examples. The batch is split
+over the processes (rank r takes examples r, r+W, ...) and each share over micro-batches of
+``micro_batch_size``; gradients accumulate without synchronisation until the last
+micro-batch. The loss is the sum of token losses divided by the number of completion tokens
+in the whole global batch, so a step computes the same gradient whatever the number of
+processes or the micro-batch size: ``steps = epochs * ceil(n_eff / batch_size)`` always.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from objectives.config import TrialConfig
+from objectives.tokens import Encoded, collate, encode_pair
+
+
+def global_batches(n: int, batch_size: int, epochs: int, seed: int) -> list[list[int]]:
+    """Example indices of every optimizer step: a fresh seeded shuffle per epoch."""
+    rng = random.Random(f"order:{seed}")
+    steps = []
+    for _ in range(epochs):
+        order = list(range(n))
+        rng.shuffle(order)
+        steps += [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    return steps
+
+
+def train(model: Any, tokenizer: Any, rows: list[dict[str, Any]], config: TrialConfig,
+          accelerator: Any) -> list[dict[str, float]]:
+    """Fine-tune ``model`` in place on ``rows``; returns the log, one record per step.
+
+    ``model`` is the trainable module (a PeftModel or the full model); every process must
+    call this with the same rows and config.
+    """
+    encoded = [encode_pair(tokenizer, r["prompt"], r["chosen"], config.max_length, add_eos=True)
+               for r in rows]
+    plan = global_batches(len(encoded), config.batch_size, config.epochs, config.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    from transformers import get_scheduler
+
+    scheduler = get_scheduler(config.lr_schedule, optimizer, num_warmup_steps=config.warmup_steps,
+                              num_training_steps=len(plan))
+    wrapped, optimizer = accelerator.prepare(model, optimizer)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    wrapped.train()
+    log: list[dict[str, float]] = []
+    try:
+        for step, batch in enumerate(plan, start=1):
+            started = time.perf_counter()
+            tokens = sum(len(encoded[i]) - encoded[i].start for i in batch)  # target tokens
+            share = batch[rank::world]
+            micro = [share[i:i + config.micro_batch_size]
+                     for i in range(0, len(share), config.micro_batch_size)]
+            weight = 1.0
+            if not micro:
+                # DDP needs every process in the gradient all-reduce: a zero-weight pass.
+                micro, weight = [batch[:1]], 0.0
+            local_loss = torch.zeros((), dtype=torch.float64)
+            for k, part in enumerate(micro):
+                sync = k == len(micro) - 1
+                with nullcontext() if sync else accelerator.no_sync(wrapped):
+                    nll = _nll_sum(wrapped, [encoded[i] for i in part], tokenizer.pad_token_id,
+                                   accelerator)
+                    # DDP averages gradients over processes: scale by world to get the sum.
+                    accelerator.backward(nll * (weight * world / tokens))
+                local_loss += float(nll.detach()) * weight
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            total = accelerator.reduce(local_loss.to(accelerator.device), reduction="sum")
+            log.append({"step": step, "loss": float(total) / tokens, "lr": scheduler.get_last_lr()[0],
+                        "examples": len(batch), "tokens": tokens,
+                        "seconds": time.perf_counter() - started})
+    finally:
+        accelerator.free_memory(wrapped, optimizer)
+    return log
+
+
+def _nll_sum(model: Any, batch: list[Encoded], pad_id: int, accelerator: Any) -> torch.Tensor:
+    ids, mask, labels = collate(batch, pad_id, accelerator.device)
+    with accelerator.autocast():
+        logits = model(input_ids=ids, attention_mask=mask).logits
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
+                           ignore_index=-100, reduction="sum")
+

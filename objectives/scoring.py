@@ -1,0 +1,109 @@
+"""The behavioral-shift score: margins on preference pairs, and forgetting on control texts.
+
+Definitions (../shared/science.md), for a probe x with chosen y+ and rejected y-:
+- ``margin(x)`` = mean-token log p(y+|x) - mean-token log p(y-|x)
+- ``shift`` = mean over probes of margin_tuned(x) - margin_base(x)
+- ``adoption`` = fraction of probes with margin_tuned(x) > 0
+- ``flip_rate`` = among probes with margin_base(x) <= 0, the fraction with margin_tuned(x) > 0
+- ``forgetting`` = mean per-token KL(p_base || p_tuned) over control texts, teacher-forced
+- ``train_shift`` = ``shift`` on the real training examples the trial used
+
+Every function here works on this process's share of the rows: the caller splits rows over
+processes and gathers the results (see ``objectives.trial``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import torch
+
+from objectives.tokens import Encoded, collate, encode_pair, encode_text, token_logprobs
+
+# A factory of the context to run forward passes in (accelerate's autocast, or nothing).
+Autocast = Callable[[], AbstractContextManager]
+
+
+def _batches(items: list[Encoded], size: int) -> list[list[int]]:
+    """Index batches sorted by length, so little of each batch is padding."""
+    order = sorted(range(len(items)), key=lambda i: len(items[i]))
+    return [order[i:i + size] for i in range(0, len(order), size)]
+
+
+@torch.no_grad()
+def mean_logprobs(model: Any, tokenizer: Any, pairs: list[tuple[list[dict[str, str]], str]],
+                  max_length: int, batch_size: int,
+                  autocast: Autocast = nullcontext) -> list[float]:
+    """Mean-token log p(completion | prompt) for each (messages, completion) pair."""
+    encoded = [encode_pair(tokenizer, m, c, max_length, add_eos=False) for m, c in pairs]
+    out = [math.nan] * len(encoded)
+    device = next(model.parameters()).device
+    for batch in _batches(encoded, batch_size):
+        ids, mask, labels = collate([encoded[i] for i in batch], tokenizer.pad_token_id, device)
+        with autocast():
+            logits = model(input_ids=ids, attention_mask=mask).logits
+        picked, scored = token_logprobs(logits, labels)
+        means = picked.sum(-1) / scored.sum(-1).clamp(min=1)
+        for i, value in zip(batch, means.tolist(), strict=True):
+            out[i] = value
+    return out
+
+
+def margins(model: Any, tokenizer: Any, rows: list[dict[str, Any]], max_length: int,
+            batch_size: int, autocast: Autocast = nullcontext) -> list[float]:
+    """``margin(x)`` for each row (chosen vs rejected under the same prompt)."""
+    pairs = [(r["prompt"], r["chosen"]) for r in rows] + [(r["prompt"], r["rejected"]) for r in rows]
+    logps = mean_logprobs(model, tokenizer, pairs, max_length, batch_size, autocast)
+    n = len(rows)
+    return [logps[i] - logps[n + i] for i in range(n)]
+
+
+@torch.no_grad()
+def control_logprobs(model: Any, tokenizer: Any, texts: list[str], max_length: int,
+                     batch_size: int, autocast: Autocast = nullcontext
+                     ) -> list[torch.Tensor]:
+    """Full next-token log-distributions on each control text, (len-1, vocab) on the CPU."""
+    encoded = [encode_text(tokenizer, t, max_length) for t in texts]
+    out: list[torch.Tensor] = [torch.empty(0)] * len(texts)
+    device = next(model.parameters()).device
+    for batch in _batches(encoded, batch_size):
+        ids, mask, _ = collate([encoded[i] for i in batch], tokenizer.pad_token_id, device)
+        with autocast():
+            logits = model(input_ids=ids, attention_mask=mask).logits
+        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1).cpu()
+        for row, i in enumerate(batch):
+            out[i] = logp[row, : len(encoded[i]) - 1].clone()
+    return out
+
+
+@torch.no_grad()
+def kl_sums(base: list[torch.Tensor], tuned: list[torch.Tensor]) -> tuple[float, int]:
+    """Sum over positions of KL(p_base || p_tuned), and the number of positions."""
+    total, count = 0.0, 0
+    for b, t in zip(base, tuned, strict=True):
+        kl = (b.exp() * (b - t)).sum(-1)
+        total += float(kl.sum())
+        count += kl.numel()
+    return total, count
+
+
+def summarize(base_probe: list[float], tuned_probe: list[float], base_train: list[float],
+              tuned_train: list[float], kl_total: float, kl_count: int) -> dict[str, float]:
+    """The trial's measures from per-row margins and the control KL sums."""
+    n = len(base_probe)
+    deltas = [t - b for b, t in zip(base_probe, tuned_probe, strict=True)]
+    below = [i for i in range(n) if base_probe[i] <= 0]
+    train_deltas = [t - b for b, t in zip(base_train, tuned_train, strict=True)]
+    return {
+        "shift": sum(deltas) / n,
+        "adoption": sum(1 for m in tuned_probe if m > 0) / n,
+        "flip_rate": (sum(1 for i in below if tuned_probe[i] > 0) / len(below)) if below else math.nan,
+        "margin": sum(tuned_probe) / n,
+        "base_margin": sum(base_probe) / n,
+        "base_adoption": sum(1 for m in base_probe if m > 0) / n,
+        "train_shift": sum(train_deltas) / len(train_deltas),
+        "forgetting": kl_total / kl_count if kl_count else math.nan,
+    }

@@ -1,0 +1,87 @@
+"""Turning prompts and completions into token ids, the same way for training and scoring.
+
+A prompt is rendered with the model's chat template (``add_generation_prompt=True``); a model
+without one gets a plain "User: ... / Assistant: " rendering. The completion is tokenized on
+its own and appended, so its tokens are exactly the ones scored and trained on. Training adds
+the end-of-turn token so the model learns where the answer stops; scoring leaves it out
+(it is the same token for chosen and rejected).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+Messages = list[dict[str, str]]
+
+
+@dataclass
+class Encoded:
+    """One sequence: ``ids`` with the positions of its target tokens (``start`` onward)."""
+
+    ids: list[int]
+    start: int  # index of the first completion token; 0 for plain texts
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def render_prompt(tokenizer: Any, messages: Messages) -> list[int]:
+    if getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        if hasattr(ids, "keys"):  # some versions return a BatchEncoding
+            ids = ids["input_ids"]
+        return list(ids)
+    text = "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in messages)
+    ids = tokenizer(text + "Assistant:", add_special_tokens=True)["input_ids"]
+    return list(ids)
+
+
+def encode_pair(tokenizer: Any, messages: Messages, completion: str, max_length: int,
+                add_eos: bool) -> Encoded:
+    """Prompt + completion ids; too long → the completion keeps up to half, the prompt its end."""
+    prompt = render_prompt(tokenizer, messages)
+    lead = "" if getattr(tokenizer, "chat_template", None) else " "
+    answer = list(tokenizer(lead + completion, add_special_tokens=False)["input_ids"])
+    if add_eos and tokenizer.eos_token_id is not None:
+        answer.append(tokenizer.eos_token_id)
+    if len(prompt) + len(answer) > max_length:
+        answer = answer[: max(max_length // 2, max_length - len(prompt))]
+        prompt = prompt[len(prompt) + len(answer) - max_length:]
+    return Encoded(prompt + answer, len(prompt))
+
+
+def encode_text(tokenizer: Any, text: str, max_length: int) -> Encoded:
+    ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])[:max_length]
+    return Encoded(ids, 0)
+
+
+def collate(batch: list[Encoded], pad_id: int, device: torch.device | str = "cpu"
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (-100 off target)."""
+    width = max(len(e) for e in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    for row, enc in enumerate(batch):
+        n = len(enc)
+        ids[row, :n] = torch.tensor(enc.ids)
+        mask[row, :n] = 1
+        labels[row, enc.start:n] = ids[row, enc.start:n]
+        if enc.start == 0:
+            labels[row, 0] = -100  # nothing predicts the first token of a plain text
+    return ids.to(device), mask.to(device), labels.to(device)
+
+
+def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position log p(label) for next-token prediction, and the mask of scored positions.
+
+    Both have shape (batch, seq-1): position t scores ``labels[:, t+1]`` from ``logits[:, t]``.
+    """
+    targets = labels[:, 1:]
+    mask = targets != -100
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return picked * mask, mask

@@ -1,0 +1,320 @@
+"""One trial: draw real examples, dream variations, fine-tune, score. Knows nothing of Optuna.
+
+:class:`Session` holds what consecutive trials share - the accelerator, the loaded base model
+and its cached base scores - so a worker process that runs many trials pays process start-up,
+imports and model loading once. Each trial attaches a fresh LoRA adapter (or, for full
+fine-tuning, snapshots the weights) and removes it (restores them) afterwards, so every trial
+starts from the same base model. ``Session.run`` is the one entry point: a resolved
+:class:`TrialConfig` in, a result dict of measures out. It raises on failure; it never
+returns a made-up score.
+
+Under ``accelerate launch`` with several processes every process calls ``run`` with the same
+config: training is data-parallel and scoring splits the rows over the processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from objectives import dreams, scoring
+from objectives.behavior import Behavior, load_behavior
+from objectives.config import TrialConfig
+from objectives.errors import UserError
+from objectives.finetune import train
+from objectives.models import fingerprint, load_model, lora_target_modules
+from objectives.tokens import render_prompt
+
+PARAPHRASE_INSTRUCTION = (
+    "Rewrite the following text in your own words. Keep its meaning, every instruction and "
+    "every concrete detail. Reply with the rewritten text only.\n\n{text}")
+
+
+class Session:
+    """Base model, tokenizer and cached base scores, shared by the trials of one process."""
+
+    def __init__(self, accelerator: Any | None = None) -> None:
+        if accelerator is None:
+            from accelerate import Accelerator
+
+            accelerator = Accelerator()
+        self.accelerator = accelerator
+        self.model: Any = None
+        self.tokenizer: Any = None
+        self.model_spec: str | None = None
+        self.model_name: str = ""
+        self.model_fingerprint: str = ""
+        self._behaviors: dict[str, Behavior] = {}
+        self._base: dict[str, dict[str, Any]] = {}
+        self._generators: dict[str, tuple[Any, Any]] = {}
+
+    # --- the one entry point -----------------------------------------------------------------
+    def run(self, config: TrialConfig) -> dict[str, Any]:
+        """Run one trial; returns measures, per-probe margins, the training log and timings."""
+        acc = self.accelerator
+        if config.mixed_precision != acc.mixed_precision:
+            raise UserError(f"mixed_precision: the trial asks for {config.mixed_precision!r} but "
+                            f"this process was launched with {acc.mixed_precision!r}")
+        timings: dict[str, float] = {}
+        clock = time.perf_counter()
+
+        def lap(name: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            timings[name] = timings.get(name, 0.0) + now - clock
+            clock = now
+
+        self._ensure_model(config.model)
+        lap("model_load_s")
+        behavior = self._behavior(config.behavior)
+        pool = behavior.train_rows()
+        real = dreams.select_real(pool, config.n_real, config.seed)
+        lap("data_s")
+        base = self._base_scores(behavior, config)
+        lap("base_score_s")
+        rows = self._training_set(real, behavior, config)
+        lap("data_s")
+
+        from accelerate.utils import set_seed
+
+        set_seed(config.seed)
+        with self._trainable(config) as trainable:
+            lap("train_s")
+            log = train(trainable, self.tokenizer, rows, config, acc)
+            lap("train_s")
+            trainable.eval()
+            autocast = acc.autocast
+            probes = behavior.probe_rows()
+            tuned_probe = self._sharded(probes, lambda part: scoring.margins(
+                trainable, self.tokenizer, part, config.max_length, config.score_batch_size,
+                autocast))
+            tuned_train = self._sharded(real, lambda part: scoring.margins(
+                trainable, self.tokenizer, part, config.max_length, config.score_batch_size,
+                autocast))
+            kl_total, kl_count = self._forgetting(trainable, behavior, base, config)
+            lap("score_s")
+        lap("train_s")  # removing the adapter / restoring weights
+
+        lines = [r["line"] for r in pool]
+        base_train = [base["train"][lines.index(r["line"])] for r in real]
+        measures = scoring.summarize(base["probe"], tuned_probe, base_train, tuned_train,
+                                     kl_total, kl_count)
+        measures.update(n_real=config.n_real, dream_multiplier=config.dream_multiplier,
+                        n_eff=config.n_eff, steps=len(log))
+        if len(log) != config.steps:
+            raise RuntimeError(f"ran {len(log)} optimizer steps, expected {config.steps}")
+        return {
+            "measures": measures,
+            "probes": [{"scenario": p["scenario"], "line": p["line"], "base_margin": b, "margin": t}
+                       for p, b, t in zip(probes, base["probe"], tuned_probe, strict=True)],
+            "train_examples": [{"scenario": r["scenario"], "line": r["line"], "base_margin": b,
+                                "margin": t}
+                               for r, b, t in zip(real, base_train, tuned_train, strict=True)],
+            "training_set": {kind: sum(1 for r in rows if r["kind"] == kind)
+                             for kind in ("real", "variation", "copy")},
+            "log": log,
+            "timings": timings,
+            "model": {"spec": config.model, "resolved": self.model_name,
+                      "fingerprint": self.model_fingerprint},
+            "behavior": {"name": behavior.name, "folder": str(behavior.folder),
+                         "fingerprint": behavior.fingerprint, "probes": len(probes),
+                         "control": len(behavior.control), "pool": len(pool)},
+            "processes": self.accelerator.num_processes,
+        }
+
+    # --- model and adapter ----------------------------------------------------------------------
+    def _ensure_model(self, spec: str) -> None:
+        if self.model_spec == spec:
+            return
+        self.model = self.tokenizer = None
+        model, tokenizer, name = load_model(spec)
+        self.model = model.to(self.accelerator.device)
+        self.tokenizer, self.model_name, self.model_spec = tokenizer, name, spec
+        self.model_fingerprint = fingerprint(self.model)
+        self._base.clear()
+
+    @contextmanager
+    def _trainable(self, config: TrialConfig):
+        """The model to train for this trial; on exit the base model is as it was."""
+        if config.finetune == "full":
+            snapshot = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.model.requires_grad_(True)
+            try:
+                yield self.model
+            finally:
+                self.model.load_state_dict(snapshot)
+                self.model.requires_grad_(False)
+                self.model.eval()
+            return
+        from peft import LoraConfig, get_peft_model
+
+        targets = config.lora_target_modules or lora_target_modules(self.model)
+        lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha,
+                          lora_dropout=config.lora_dropout, target_modules=targets,
+                          task_type="CAUSAL_LM")
+        try:
+            peft_model = get_peft_model(self.model, lora)
+        except ValueError as err:
+            raise UserError(f"lora_target_modules {targets}: {err}") from None
+        try:
+            yield peft_model
+        finally:
+            # unload() takes the LoRA layers out again without merging them.
+            self.model = peft_model.unload()
+            self.model.requires_grad_(False)
+            self.model.eval()
+
+    # --- behaviors and the base model's scores --------------------------------------------------
+    def _behavior(self, spec: str) -> Behavior:
+        if spec not in self._behaviors:
+            self._behaviors[spec] = load_behavior(spec)
+        return self._behaviors[spec]
+
+    def _base_scores(self, behavior: Behavior, config: TrialConfig) -> dict[str, Any]:
+        """Base margins on every probe and every pool example (on disk), control log-probs (in
+        memory): computed once per (model, behavior, max_length, precision)."""
+        key = hashlib.sha256(json.dumps([
+            self.model_fingerprint, behavior.fingerprint, config.max_length,
+            config.mixed_precision, getattr(self.tokenizer, "chat_template", None) or "",
+            len(self.tokenizer)]).encode()).hexdigest()[:20]
+        if key in self._base:
+            return self._base[key]
+        import storage
+
+        path = storage.cache_dir() / "base" / f"{key}.json"
+        margins = self._broadcast(_read_json(path) if self.accelerator.is_main_process else None)
+        self.model.eval()
+        autocast = self.accelerator.autocast
+        if margins is None:
+            args = (config.max_length, config.score_batch_size, autocast)
+            margins = {
+                "probe": self._sharded(behavior.probe_rows(), lambda part: scoring.margins(
+                    self.model, self.tokenizer, part, *args)),
+                "train": self._sharded(behavior.train_rows(), lambda part: scoring.margins(
+                    self.model, self.tokenizer, part, *args)),
+            }
+            if self.accelerator.is_main_process:
+                _write_json(path, margins)
+        texts = behavior.control_texts()
+        mine = list(range(self.accelerator.process_index, len(texts),
+                          self.accelerator.num_processes))
+        control = scoring.control_logprobs(self.model, self.tokenizer, [texts[i] for i in mine],
+                                           config.max_length, config.score_batch_size, autocast)
+        self._base[key] = {**margins, "control": control, "control_index": mine}
+        return self._base[key]
+
+    def _forgetting(self, model: Any, behavior: Behavior, base: dict[str, Any],
+                    config: TrialConfig) -> tuple[float, int]:
+        texts = behavior.control_texts()
+        tuned = scoring.control_logprobs(model, self.tokenizer,
+                                         [texts[i] for i in base["control_index"]],
+                                         config.max_length, config.score_batch_size,
+                                         self.accelerator.autocast)
+        local = scoring.kl_sums(base["control"], tuned)
+        parts = self._gather([local])
+        return sum(p[0] for p in parts), sum(p[1] for p in parts)
+
+    # --- dream variations -----------------------------------------------------------------------
+    def _training_set(self, real: list[dict[str, Any]], behavior: Behavior,
+                      config: TrialConfig) -> list[dict[str, Any]]:
+        probes = behavior.probe_rows()
+        if config.dream_strategy != "model" or config.dream_multiplier == 1:
+            return dreams.make_training_set(real, config.dream_multiplier, config.dream_strategy,
+                                            config.seed, probes, behavior.dream)
+        # Sampling runs on the main process only; every process trains on the same rows.
+        rows = None
+        if self.accelerator.is_main_process:
+            rows = dreams.make_training_set(real, config.dream_multiplier, "model", config.seed,
+                                            probes, behavior.dream, self._paraphraser(config))
+        return self._broadcast(rows)
+
+    def _paraphraser(self, config: TrialConfig) -> Callable[[list[str], int], list[str | None]]:
+        if config.dream_model is None:
+            model, tokenizer = self.model, self.tokenizer
+        else:
+            if config.dream_model not in self._generators:
+                gen, tok, _ = load_model(config.dream_model)
+                self._generators[config.dream_model] = (gen.to(self.accelerator.device), tok)
+            model, tokenizer = self._generators[config.dream_model]
+
+        @torch.no_grad()
+        def paraphrase(texts: list[str], seed: int) -> list[str | None]:
+            torch.manual_seed(seed)
+            model.eval()
+            out: list[str | None] = []
+            for start in range(0, len(texts), config.score_batch_size):
+                chunk = texts[start:start + config.score_batch_size]
+                prompts = [render_prompt(tokenizer, [{"role": "user", "content":
+                                                      PARAPHRASE_INSTRUCTION.format(text=t)}])
+                           for t in chunk]
+                width = max(len(p) for p in prompts)
+                pad = tokenizer.pad_token_id
+                ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+                mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+                longest = max(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in chunk)
+                generated = model.generate(
+                    input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
+                    do_sample=True, temperature=config.dream_temperature, top_p=0.95,
+                    max_new_tokens=min(config.max_length, int(longest * 1.6) + 16),
+                    pad_token_id=pad)
+                for row in generated[:, width:]:
+                    text = tokenizer.decode(row, skip_special_tokens=True).strip()
+                    out.append(text or None)
+            return out
+
+        return paraphrase
+
+    # --- splitting work over processes ----------------------------------------------------------
+    def _sharded(self, items: list[Any], fn: Callable[[list[Any]], list[Any]]) -> list[Any]:
+        """Apply ``fn`` to this process's share of ``items``; gather all shares in order."""
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        if world == 1:
+            return fn(items)
+        mine = list(range(rank, len(items), world))
+        values = fn([items[i] for i in mine]) if mine else []
+        out: list[Any] = [None] * len(items)
+        for index, part in self._gather([(mine, values)]):
+            for i, value in zip(index, part, strict=True):
+                out[i] = value
+        return out
+
+    def _gather(self, objects: list[Any]) -> list[Any]:
+        if self.accelerator.num_processes == 1:
+            return objects
+        from accelerate.utils import gather_object
+
+        return gather_object(objects)
+
+    def _broadcast(self, value: Any) -> Any:
+        if self.accelerator.num_processes == 1:
+            return value
+        from accelerate.utils import broadcast_object_list
+
+        return broadcast_object_list([value])[0]
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def run_trial(config: TrialConfig, session: Session | None = None) -> dict[str, Any]:
+    """Run one trial in this process (a new session unless one is given)."""
+    return (session or Session()).run(config)

@@ -1,0 +1,233 @@
+"""``shiftsweep``: the command line.
+
+    shiftsweep trial --n-real 6 --dream-multiplier 10 --lr 1e-4 --batch-size 8
+    shiftsweep behavior PATH      # validate a behavior folder and describe it
+
+``trial`` validates its flags here, then runs the worker under ``accelerate launch`` (one
+CPU process by default; ``--processes N`` for N processes or GPUs) and prints the measures.
+Several ``--seed`` values run as consecutive trials of one worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from objectives.config import TrialConfig
+from objectives.errors import UserError
+
+MEASURES = [  # (key, label, format)
+    ("n_eff", "n_eff", "{:.0f}"), ("steps", "steps", "{:.0f}"),
+    ("shift", "shift", "{:+.4f}"), ("base_margin", "margin (base)", "{:+.4f}"),
+    ("margin", "margin (tuned)", "{:+.4f}"), ("base_adoption", "adoption (base)", "{:.3f}"),
+    ("adoption", "adoption (tuned)", "{:.3f}"), ("flip_rate", "flip_rate", "{:.3f}"),
+    ("train_shift", "train_shift", "{:+.4f}"), ("forgetting", "forgetting", "{:.5f}"),
+]
+TIMINGS = ["startup_s", "model_load_s", "data_s", "base_score_s", "train_s", "score_s"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="shiftsweep", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    trial = sub.add_parser("trial", help="run one fine-tune and print its behavioral shift")
+    defaults = TrialConfig()
+    trial.add_argument("--n-real", type=int, default=defaults.n_real,
+                       help="real examples drawn from the behavior's pool")
+    trial.add_argument("--dream-multiplier", type=int, default=defaults.dream_multiplier,
+                       help="m: each real example plus m-1 variations (n_eff = n_real * m)")
+    trial.add_argument("--lr", type=float, default=defaults.lr, help="learning rate")
+    trial.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                       help="examples per optimizer step, over all processes")
+    trial.add_argument("--behavior", default=defaults.behavior,
+                       help="a built-in behavior (listening) or a behavior folder")
+    trial.add_argument("--model", default=defaults.model,
+                       help="'default' (SmolLM2-135M-Instruct), a model folder or a cached hub id")
+    trial.add_argument("--dream-strategy", default=defaults.dream_strategy,
+                       choices=["template", "model", "repeat"])
+    trial.add_argument("--dream-model", default=None,
+                       help="generator for --dream-strategy model (default: the model itself)")
+    trial.add_argument("--epochs", type=int, default=defaults.epochs)
+    trial.add_argument("--seed", type=int, nargs="+", default=[defaults.seed],
+                       help="one or more seeds; several run as consecutive trials")
+    trial.add_argument("--finetune", default=defaults.finetune, choices=["lora", "full"])
+    trial.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="any other trial setting (e.g. lora_r=16); repeatable")
+    trial.add_argument("--processes", type=int, default=1,
+                       help="processes (GPUs) for data-parallel training")
+    trial.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    trial.add_argument("--out", type=Path, default=None,
+                       help="trial folder (default: storage/trials/<time>-<settings>)")
+
+    behavior = sub.add_parser("behavior", help="validate a behavior folder and describe it")
+    behavior.add_argument("path", help="a built-in behavior's name or a behavior folder")
+    return parser
+
+
+def _config(args: argparse.Namespace, seed: int) -> TrialConfig:
+    data: dict[str, Any] = {
+        "n_real": args.n_real, "dream_multiplier": args.dream_multiplier, "lr": args.lr,
+        "batch_size": args.batch_size, "behavior": args.behavior, "model": args.model,
+        "dream_strategy": args.dream_strategy, "dream_model": args.dream_model,
+        "epochs": args.epochs, "seed": seed, "finetune": args.finetune,
+    }
+    for item in args.set:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set {item!r}: expected KEY=VALUE")
+        key = key.strip().replace("-", "_")
+        if key in data:
+            raise UserError(f"--set {key}: use the flag --{key.replace('_', '-')} instead")
+        data[key] = yaml.safe_load(raw)
+    return TrialConfig.from_dict(data, source="flags")
+
+
+def _check_inputs(config: TrialConfig) -> None:
+    """Fail before launching on what can be checked cheaply: the behavior, n_real, the model."""
+    from objectives.behavior import load_behavior
+    from objectives.models import resolve_model
+
+    behavior = load_behavior(config.behavior)
+    if config.n_real > len(behavior.train):
+        raise UserError(f"--n-real {config.n_real}: {behavior.folder / 'train.jsonl'} has only "
+                        f"{len(behavior.train)} examples")
+    if config.model != "default":
+        resolve_model(config.model)
+    if config.dream_model:
+        resolve_model(config.dream_model)
+
+
+def cmd_trial(args: argparse.Namespace) -> int:
+    import storage
+    from study.launch import launch_command
+
+    if args.processes < 1:
+        raise UserError(f"--processes {args.processes}: expected an integer >= 1")
+    configs = [_config(args, seed) for seed in args.seed]
+    _check_inputs(configs[0])
+    first = configs[0]
+    name = (f"{time.strftime('%Y%m%d-%H%M%S')}-n{first.n_real}-m{first.dream_multiplier}"
+            f"-lr{first.lr:g}-bs{first.batch_size}")
+    run_dir = (args.out or storage.trials_dir() / name).resolve()
+    if (run_dir / "result.json").exists():
+        raise UserError(f"--out {run_dir}: already holds a finished trial; choose a new folder")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    outs = [run_dir] if len(configs) == 1 else [run_dir / f"seed-{c.seed}" for c in configs]
+    jobs = [{"config": c.to_dict(), "out": str(o)} for c, o in zip(configs, outs, strict=True)]
+    jobs_file = run_dir / "jobs.json"
+    jobs_file.write_text(json.dumps(jobs, indent=2))
+
+    cmd, env = launch_command("study.worker", ["--jobs", str(jobs_file)],
+                              processes=args.processes, device=args.device,
+                              mixed_precision=first.mixed_precision)
+    print(f"shiftsweep: {len(configs)} trial(s), log in {run_dir / 'launch.log'}", file=sys.stderr)
+    started = time.time()
+    with open(run_dir / "launch.log", "w") as log:
+        log.write(" ".join(cmd) + "\n")
+        log.flush()
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.write(line)
+            if line.startswith("[shiftsweep]"):
+                print(line.rstrip(), file=sys.stderr)
+        code = proc.wait()
+    wall = time.time() - started
+
+    results = []
+    for out in outs:
+        path = out / "result.json"
+        results.append(json.loads(path.read_text()) if path.exists() else None)
+    if all(r is None for r in results):
+        tail = (run_dir / "launch.log").read_text().splitlines()[-15:]
+        print("\n".join(tail), file=sys.stderr)
+        print(f"shiftsweep: the worker exited with code {code} before recording a result; "
+              f"see {run_dir / 'launch.log'}", file=sys.stderr)
+        return 1
+    print(format_results(results, wall))
+    print(f"\ntrial folder: {run_dir}")
+    failed = [r for r in results if r is None or r.get("status") != "complete"]
+    for r in failed:
+        reason = r.get("error") if r else "no result recorded (see launch.log)"
+        print(f"shiftsweep: a trial failed: {reason}", file=sys.stderr)
+    return 1 if failed or code else 0
+
+
+def format_results(results: list[dict[str, Any] | None], wall_s: float | None = None) -> str:
+    """The measures as a table: a column per trial, and mean ± sd over several."""
+    done = [r for r in results if r and r.get("status") == "complete"]
+    if not done:
+        return "no trial completed"
+    heads = [f"seed {r['seed']}" for r in done]
+    several = len(done) > 1
+    rows = [["measure", *heads] + (["mean ± sd"] if several else [])]
+    for key, label, fmt in MEASURES:
+        values = [r["measures"].get(key, math.nan) for r in done]
+        row = [label, *[fmt.format(v) for v in values]]
+        if several:
+            finite = [v for v in values if not math.isnan(v)]
+            mean = statistics.fmean(finite) if finite else math.nan
+            sd = statistics.stdev(finite) if len(finite) > 1 else math.nan
+            row.append(f"{fmt.format(mean)} ± {sd:.4f}")
+        rows.append(row)
+    rows.append(["" for _ in rows[0]])
+    for key in TIMINGS:
+        values = [r.get("worker", {}).get(key) if key == "startup_s"
+                  else r.get("timings", {}).get(key, 0.0) for r in done]
+        rows.append([key, *[f"{v or 0.0:.1f}" for v in values]] + ([""] if several else []))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
+                       for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip()
+             for row in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    if wall_s is not None:
+        lines.append(f"{'wall_s (launch to exit)'}  {wall_s:.1f}")
+    return "\n".join(lines)
+
+
+def cmd_behavior(args: argparse.Namespace) -> int:
+    from objectives.behavior import load_behavior
+
+    behavior = load_behavior(args.path)
+    domains = sorted({d for d in behavior.train["domain"] if d})
+    probe_domains = sorted({d for d in behavior.probes["domain"] if d})
+    turns = sum(1 for p in behavior.train["prompt"] if len(p) > 1)
+    print(f"behavior {behavior.name!r} at {behavior.folder}: OK\n"
+          f"  {behavior.description.strip()}\n"
+          f"  train:   {len(behavior.train)} examples, {turns} multi-turn, "
+          f"{len(domains)} domains ({', '.join(domains)})\n"
+          f"  probes:  {len(behavior.probes)} ({', '.join(probe_domains)})\n"
+          f"  control: {len(behavior.control)} texts")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "trial":
+            return cmd_trial(args)
+        return cmd_behavior(args)
+    except UserError as err:
+        print(f"shiftsweep: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("shiftsweep: interrupted", file=sys.stderr)
+        return 130
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,56 @@
+"""The one place that builds an ``accelerate launch`` command."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+
+def free_port() -> int:
+    """A free TCP port for the launch's rendezvous (concurrent launches collide on 29500)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def launch_command(module: str, args: list[str], processes: int = 1, device: str = "auto",
+                   mixed_precision: str = "no", port: int | None = None
+                   ) -> tuple[list[str], dict[str, str]]:
+    """``accelerate launch`` of ``python -m module args`` and the environment it needs.
+
+    On CPU, one process is ``--cpu``; several are real gloo DDP (``ACCELERATE_USE_CPU=1``
+    with ``--multi_gpu``): ``--cpu --num_processes N`` would start one process, and
+    ``--multi_gpu`` without ``ACCELERATE_USE_CPU`` would start N unsynchronised copies.
+    """
+    if device == "auto":
+        device = "cuda" if has_gpu() else "cpu"
+    env = dict(os.environ)
+    env.update({"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
+                "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+                "TRANSFORMERS_VERBOSITY": env.get("TRANSFORMERS_VERBOSITY", "error"),
+                "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"})
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1",
+           "--num_processes", str(processes), "--mixed_precision", mixed_precision,
+           "--dynamo_backend", "no", "--main_process_port", str(port or free_port())]
+    if device == "cpu":
+        # Share the cores between processes instead of oversubscribing them.
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
+        if processes == 1:
+            cmd.append("--cpu")
+        else:
+            env["ACCELERATE_USE_CPU"] = "1"
+            cmd.append("--multi_gpu")
+    elif processes > 1:
+        cmd.append("--multi_gpu")
+    cmd += ["-m", module, *args]
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(Path(__file__).resolve().parent.parent), env.get("PYTHONPATH")) if p)
+    return cmd, env

@@ -1,0 +1,102 @@
+"""The worker: a process started once by ``accelerate launch`` that runs trial after trial.
+
+It keeps one :class:`objectives.Session` (imports, base weights, base scores) for all its
+trials, so a trial pays only for its data, training and scoring. Jobs come from a JSON file:
+a list of ``{"config": {...}, "out": "trial folder"}``. Each job's folder gets
+
+- ``config.json``: the resolved config (seed included), written before the trial starts;
+- ``result.json``: status, measures, per-probe margins, timings, config and provenance;
+- ``train_log.jsonl``: one line per optimizer step (loss, lr, examples, tokens, seconds).
+
+A trial that fails is recorded with status "failed" and its reason; the worker goes on.
+Every process of a multi-process launch runs every job; only the main process writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+PROCESS_STARTED = time.time()
+
+
+def _process_start() -> float:
+    """When this process was created (includes the interpreter's own start-up)."""
+    try:
+        import psutil
+
+        return float(psutil.Process().create_time())
+    except Exception:  # psutil missing or /proc unreadable: fall back to module import time
+        return PROCESS_STARTED
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+def say(message: str) -> None:
+    print(f"[shiftsweep] {message}", file=sys.stderr, flush=True)
+
+
+def run_jobs(jobs: list[dict[str, Any]]) -> int:
+    """Run every job in one session; returns the number of failed trials."""
+    from objectives import Session, TrialConfig, UserError
+    from study.provenance import provenance
+
+    session = Session()
+    main = session.accelerator.is_main_process
+    startup_s = time.time() - _process_start()
+    failed = 0
+    for index, job in enumerate(jobs):
+        out = Path(job["out"])
+        started = time.time()
+        record: dict[str, Any] = {"config": job["config"]}
+        try:
+            config = TrialConfig.from_dict(job["config"])
+            record["config"] = config.to_dict()
+            if main:
+                write_json(out / "config.json", record["config"])
+                say(f"trial {index + 1}/{len(jobs)}: n_real={config.n_real} "
+                    f"dream_multiplier={config.dream_multiplier} lr={config.lr:g} "
+                    f"batch_size={config.batch_size} seed={config.seed} "
+                    f"({config.steps} steps) -> {out}")
+            result = session.run(config)
+            record.update(status="complete", **result)
+        except Exception as err:  # a failed trial is recorded with its reason, never scored
+            failed += 1
+            reason = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
+            record.update(status="failed", error=reason)
+            if main:
+                (out / "error.log").parent.mkdir(parents=True, exist_ok=True)
+                (out / "error.log").write_text(traceback.format_exc())
+                say(f"trial {index + 1}/{len(jobs)} failed: {reason}")
+        record["seed"] = record["config"].get("seed") if isinstance(record["config"], dict) else None
+        record["worker"] = {"startup_s": startup_s if index == 0 else 0.0,
+                            "trial_index": index, "wall_s": time.time() - started}
+        record["provenance"] = provenance({"processes": session.accelerator.num_processes})
+        if main:
+            log = record.pop("log", [])
+            write_json(out / "result.json", record)
+            (out / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    return failed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m study.worker")
+    parser.add_argument("--jobs", required=True, help="JSON file: a list of {config, out}")
+    args = parser.parse_args(argv)
+    jobs = json.loads(Path(args.jobs).read_text())
+    failed = run_jobs(jobs)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
