@@ -55,6 +55,8 @@ class TrialConfig:
     mixed_precision: MixedPrecision = "no"  # "bf16" on GPUs that have it
 
     # --- how it is scored -------------------------------------------------------------------
+    n_probes: int | None = None  # None: every probe; else the same fixed subset in every trial
+    n_train_scored: int = 32  # train_shift uses the first this-many of the real examples drawn
     score_batch_size: int = 16
     dream_temperature: float = 0.9  # sampling temperature of the "model" dream strategy
 
@@ -69,6 +71,9 @@ class TrialConfig:
         for name in ("n_real", "dream_multiplier", "batch_size", "epochs", "lora_r",
                      "lora_alpha", "micro_batch_size", "score_batch_size"):
             need(getattr(self, name) >= 1, name, "an integer >= 1")
+        need(self.n_probes is None or self.n_probes >= 1, "n_probes",
+             "an integer >= 1, or null for every probe")
+        need(self.n_train_scored >= 1, "n_train_scored", "an integer >= 1")
         need(self.warmup_steps >= 0, "warmup_steps", "an integer >= 0")
         need(self.max_length >= 16, "max_length", "an integer >= 16")
         need(math.isfinite(self.lr) and self.lr > 0, "lr", "a number > 0")

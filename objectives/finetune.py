@@ -86,9 +86,9 @@ def train(model: Any, tokenizer: Any, rows: list[dict[str, Any]], config: TrialC
 
 
 def _nll_sum(model: Any, batch: list[Encoded], pad_id: int, accelerator: Any) -> torch.Tensor:
-    ids, mask, labels = collate(batch, pad_id, accelerator.device)
+    ids, mask, labels, positions = collate(batch, pad_id, accelerator.device)
     with accelerator.autocast():
-        logits = model(input_ids=ids, attention_mask=mask).logits
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
                            ignore_index=-100, reduction="sum")
 

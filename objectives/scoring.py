@@ -33,19 +33,27 @@ def _batches(items: list[Encoded], size: int) -> list[list[int]]:
     return [order[i:i + size] for i in range(0, len(order), size)]
 
 
+def _scored_logprobs(model: Any, batch: list[Encoded], pad_id: int, autocast: Autocast
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log p of each sequence's targets, computing logits only where targets are."""
+    device = next(model.parameters()).device
+    ids, mask, labels, positions = collate(batch, pad_id, device, left=True)
+    keep = max(len(e) - max(e.start, 1) for e in batch) + 1
+    with autocast():
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                       logits_to_keep=keep).logits
+    return token_logprobs(logits, labels[:, -keep:])
+
+
 @torch.no_grad()
 def mean_logprobs(model: Any, tokenizer: Any, pairs: list[tuple[list[dict[str, str]], str]],
-                  max_length: int, batch_size: int,
-                  autocast: Autocast = nullcontext) -> list[float]:
+                  max_length: int, batch_size: int, autocast: Autocast = nullcontext) -> list[float]:
     """Mean-token log p(completion | prompt) for each (messages, completion) pair."""
     encoded = [encode_pair(tokenizer, m, c, max_length, add_eos=False) for m, c in pairs]
     out = [math.nan] * len(encoded)
-    device = next(model.parameters()).device
     for batch in _batches(encoded, batch_size):
-        ids, mask, labels = collate([encoded[i] for i in batch], tokenizer.pad_token_id, device)
-        with autocast():
-            logits = model(input_ids=ids, attention_mask=mask).logits
-        picked, scored = token_logprobs(logits, labels)
+        picked, scored = _scored_logprobs(model, [encoded[i] for i in batch],
+                                          tokenizer.pad_token_id, autocast)
         means = picked.sum(-1) / scored.sum(-1).clamp(min=1)
         for i, value in zip(batch, means.tolist(), strict=True):
             out[i] = value
@@ -63,16 +71,16 @@ def margins(model: Any, tokenizer: Any, rows: list[dict[str, Any]], max_length: 
 
 @torch.no_grad()
 def control_logprobs(model: Any, tokenizer: Any, texts: list[str], max_length: int,
-                     batch_size: int, autocast: Autocast = nullcontext
-                     ) -> list[torch.Tensor]:
+                     batch_size: int, autocast: Autocast = nullcontext) -> list[torch.Tensor]:
     """Full next-token log-distributions on each control text, (len-1, vocab) on the CPU."""
     encoded = [encode_text(tokenizer, t, max_length) for t in texts]
     out: list[torch.Tensor] = [torch.empty(0)] * len(texts)
     device = next(model.parameters()).device
     for batch in _batches(encoded, batch_size):
-        ids, mask, _ = collate([encoded[i] for i in batch], tokenizer.pad_token_id, device)
+        ids, mask, _, positions = collate([encoded[i] for i in batch], tokenizer.pad_token_id,
+                                          device)
         with autocast():
-            logits = model(input_ids=ids, attention_mask=mask).logits
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
         logp = torch.log_softmax(logits[:, :-1].float(), dim=-1).cpu()
         for row, i in enumerate(batch):
             out[i] = logp[row, : len(encoded[i]) - 1].clone()

@@ -58,21 +58,25 @@ def encode_text(tokenizer: Any, text: str, max_length: int) -> Encoded:
     return Encoded(ids, 0)
 
 
-def collate(batch: list[Encoded], pad_id: int, device: torch.device | str = "cpu"
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (-100 off target)."""
+def collate(batch: list[Encoded], pad_id: int, device: torch.device | str = "cpu",
+            left: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Padded ``input_ids``, ``attention_mask``, ``labels`` (-100 off target) and
+    ``position_ids`` (counted from each sequence's first real token, so left padding changes
+    nothing). Left padding ends every sequence at the last position: scoring then needs
+    logits only for the last few positions."""
     width = max(len(e) for e in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
     labels = torch.full((len(batch), width), -100, dtype=torch.long)
     for row, enc in enumerate(batch):
         n = len(enc)
-        ids[row, :n] = torch.tensor(enc.ids)
-        mask[row, :n] = 1
-        labels[row, enc.start:n] = ids[row, enc.start:n]
-        if enc.start == 0:
-            labels[row, 0] = -100  # nothing predicts the first token of a plain text
-    return ids.to(device), mask.to(device), labels.to(device)
+        begin = width - n if left else 0
+        ids[row, begin:begin + n] = torch.tensor(enc.ids)
+        mask[row, begin:begin + n] = 1
+        first_target = max(enc.start, 1)  # nothing predicts a sequence's first token
+        labels[row, begin + first_target:begin + n] = ids[row, begin + first_target:begin + n]
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids.to(device), mask.to(device), labels.to(device), positions.to(device)
 
 
 def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

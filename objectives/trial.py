@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -78,7 +79,11 @@ class Session:
         pool = behavior.train_rows()
         real = dreams.select_real(pool, config.n_real, config.seed)
         lap("data_s")
-        base = self._base_scores(behavior, config)
+        probes = _probe_subset(behavior.probe_rows(), config.n_probes)
+        scored_real = real[:config.n_train_scored]
+        base_probe = self._base_margins(behavior, config, "probe", probes)
+        base_train = self._base_margins(behavior, config, "train", scored_real)
+        base_control = self._base_control(behavior, config)
         lap("base_score_s")
         rows = self._training_set(real, behavior, config)
         lap("data_s")
@@ -91,21 +96,13 @@ class Session:
             log = train(trainable, self.tokenizer, rows, config, acc)
             lap("train_s")
             trainable.eval()
-            autocast = acc.autocast
-            probes = behavior.probe_rows()
-            tuned_probe = self._sharded(probes, lambda part: scoring.margins(
-                trainable, self.tokenizer, part, config.max_length, config.score_batch_size,
-                autocast))
-            tuned_train = self._sharded(real, lambda part: scoring.margins(
-                trainable, self.tokenizer, part, config.max_length, config.score_batch_size,
-                autocast))
-            kl_total, kl_count = self._forgetting(trainable, behavior, base, config)
+            tuned_probe = self._margins(trainable, probes, config)
+            tuned_train = self._margins(trainable, scored_real, config)
+            kl_total, kl_count = self._forgetting(trainable, behavior, base_control, config)
             lap("score_s")
         lap("train_s")  # removing the adapter / restoring weights
 
-        lines = [r["line"] for r in pool]
-        base_train = [base["train"][lines.index(r["line"])] for r in real]
-        measures = scoring.summarize(base["probe"], tuned_probe, base_train, tuned_train,
+        measures = scoring.summarize(base_probe, tuned_probe, base_train, tuned_train,
                                      kl_total, kl_count)
         measures.update(n_real=config.n_real, dream_multiplier=config.dream_multiplier,
                         n_eff=config.n_eff, steps=len(log))
@@ -114,10 +111,11 @@ class Session:
         return {
             "measures": measures,
             "probes": [{"scenario": p["scenario"], "line": p["line"], "base_margin": b, "margin": t}
-                       for p, b, t in zip(probes, base["probe"], tuned_probe, strict=True)],
+                       for p, b, t in zip(probes, base_probe, tuned_probe, strict=True)],
             "train_examples": [{"scenario": r["scenario"], "line": r["line"], "base_margin": b,
                                 "margin": t}
-                               for r, b, t in zip(real, base_train, tuned_train, strict=True)],
+                               for r, b, t in zip(scored_real, base_train, tuned_train,
+                                                  strict=True)],
             "training_set": {kind: sum(1 for r in rows if r["kind"] == kind)
                              for kind in ("real", "variation", "copy")},
             "log": log,
@@ -178,48 +176,64 @@ class Session:
             self._behaviors[spec] = load_behavior(spec)
         return self._behaviors[spec]
 
-    def _base_scores(self, behavior: Behavior, config: TrialConfig) -> dict[str, Any]:
-        """Base margins on every probe and every pool example (on disk), control log-probs (in
-        memory): computed once per (model, behavior, max_length, precision)."""
-        key = hashlib.sha256(json.dumps([
+    def _cache_key(self, behavior: Behavior, config: TrialConfig) -> str:
+        """Base scores depend on the model, the behavior's files and how text is scored."""
+        return hashlib.sha256(json.dumps([
             self.model_fingerprint, behavior.fingerprint, config.max_length,
             config.mixed_precision, getattr(self.tokenizer, "chat_template", None) or "",
             len(self.tokenizer)]).encode()).hexdigest()[:20]
-        if key in self._base:
-            return self._base[key]
+
+    def _margins(self, model: Any, rows: list[dict[str, Any]], config: TrialConfig) -> list[float]:
+        return self._sharded(rows, lambda part: scoring.margins(
+            model, self.tokenizer, part, config.max_length, config.score_batch_size,
+            self.accelerator.autocast))
+
+    def _base_margins(self, behavior: Behavior, config: TrialConfig, kind: str,
+                      rows: list[dict[str, Any]]) -> list[float]:
+        """The base model's margins on ``rows`` (probes or train rows), each computed once per
+        (model, behavior, scoring settings) and kept on disk under storage/cache/base/."""
         import storage
 
+        key = self._cache_key(behavior, config)
         path = storage.cache_dir() / "base" / f"{key}.json"
-        margins = self._broadcast(_read_json(path) if self.accelerator.is_main_process else None)
-        self.model.eval()
-        autocast = self.accelerator.autocast
-        if margins is None:
-            args = (config.max_length, config.score_batch_size, autocast)
-            margins = {
-                "probe": self._sharded(behavior.probe_rows(), lambda part: scoring.margins(
-                    self.model, self.tokenizer, part, *args)),
-                "train": self._sharded(behavior.train_rows(), lambda part: scoring.margins(
-                    self.model, self.tokenizer, part, *args)),
-            }
+        cache = self._base.setdefault(key, {"probe": {}, "train": {}})
+        missing = [r for r in rows if str(r["line"]) not in cache[kind]]
+        if missing:
+            on_disk = self._broadcast(_read_json(path) if self.accelerator.is_main_process else None)
+            for k in ("probe", "train"):
+                stored = on_disk.get(k) if isinstance(on_disk, dict) else None
+                cache[k].update(stored if isinstance(stored, dict) else {})
+            missing = [r for r in rows if str(r["line"]) not in cache[kind]]
+        if missing:
+            self.model.eval()
+            values = self._margins(self.model, missing, config)
+            cache[kind].update((str(r["line"]), v) for r, v in zip(missing, values, strict=True))
             if self.accelerator.is_main_process:
-                _write_json(path, margins)
-        texts = behavior.control_texts()
-        mine = list(range(self.accelerator.process_index, len(texts),
-                          self.accelerator.num_processes))
-        control = scoring.control_logprobs(self.model, self.tokenizer, [texts[i] for i in mine],
-                                           config.max_length, config.score_batch_size, autocast)
-        self._base[key] = {**margins, "control": control, "control_index": mine}
+                _write_json(path, cache)
+        return [cache[kind][str(r["line"])] for r in rows]
+
+    def _base_control(self, behavior: Behavior, config: TrialConfig) -> dict[str, Any]:
+        """The base model's next-token distributions on this process's share of the control
+        texts, kept in memory (hundreds of MB: full vocabularies, too large for disk)."""
+        key = "control:" + self._cache_key(behavior, config)
+        if key not in self._base:
+            texts = behavior.control_texts()
+            mine = list(range(self.accelerator.process_index, len(texts),
+                              self.accelerator.num_processes))
+            self.model.eval()
+            logps = scoring.control_logprobs(self.model, self.tokenizer, [texts[i] for i in mine],
+                                             config.max_length, config.score_batch_size,
+                                             self.accelerator.autocast)
+            self._base[key] = {"index": mine, "logprobs": logps}
         return self._base[key]
 
     def _forgetting(self, model: Any, behavior: Behavior, base: dict[str, Any],
                     config: TrialConfig) -> tuple[float, int]:
         texts = behavior.control_texts()
-        tuned = scoring.control_logprobs(model, self.tokenizer,
-                                         [texts[i] for i in base["control_index"]],
+        tuned = scoring.control_logprobs(model, self.tokenizer, [texts[i] for i in base["index"]],
                                          config.max_length, config.score_batch_size,
                                          self.accelerator.autocast)
-        local = scoring.kl_sums(base["control"], tuned)
-        parts = self._gather([local])
+        parts = self._gather([scoring.kl_sums(base["logprobs"], tuned)])
         return sum(p[0] for p in parts), sum(p[1] for p in parts)
 
     # --- dream variations -----------------------------------------------------------------------
@@ -313,6 +327,15 @@ def _write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data))
     os.replace(tmp, path)
+
+
+def _probe_subset(probes: list[dict[str, Any]], n_probes: int | None) -> list[dict[str, Any]]:
+    """Every probe, or the first n of one fixed shuffle: the same probes in every trial."""
+    if n_probes is None or n_probes >= len(probes):
+        return probes
+    order = list(range(len(probes)))
+    random.Random("probes").shuffle(order)
+    return [probes[i] for i in sorted(order[:n_probes])]
 
 
 def run_trial(config: TrialConfig, session: Session | None = None) -> dict[str, Any]:
