@@ -70,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
 
     behavior = sub.add_parser("behavior", help="validate a behavior folder and describe it")
     behavior.add_argument("path", help="a built-in behavior's name or a behavior folder")
+    behavior.add_argument("--score", action="store_true",
+                          help="also score every probe with the base model (margin, adoption)")
+    behavior.add_argument("--model", default=defaults.model, help="the model for --score")
     return parser
 
 
@@ -208,7 +211,30 @@ def cmd_behavior(args: argparse.Namespace) -> int:
           f"{len(domains)} domains ({', '.join(domains)})\n"
           f"  probes:  {len(behavior.probes)} ({', '.join(probe_domains)})\n"
           f"  control: {len(behavior.control)} texts")
+    if args.score:
+        print(score_probes(behavior, args.model))
     return 0
+
+
+def score_probes(behavior: Any, model: str) -> str:
+    """The base model's margin on every probe: is there room for the behavior to move?"""
+    from objectives import Session
+
+    config = TrialConfig(behavior=str(behavior.folder), model=model)
+    session = Session()
+    session._ensure_model(model)
+    probes = behavior.probe_rows()
+    margins = session._base_margins(behavior, config, "probe", probes)
+    lines = [f"\nbase model {session.model_name}: margin = mean-token log p(chosen) - "
+             f"log p(rejected)"]
+    for probe, margin in sorted(zip(probes, margins, strict=True), key=lambda pm: -pm[1]):
+        lines.append(f"  {margin:+.3f}  {probe['scenario']:<12} {probe['domain']:<18} "
+                     f"line {probe['line']}")
+    n = len(margins)
+    lines.append(f"base adoption {sum(m > 0 for m in margins) / n:.3f} "
+                 f"({sum(m > 0 for m in margins)}/{n} probes prefer chosen), "
+                 f"mean margin {sum(margins) / n:+.3f}")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -88,6 +88,7 @@ def build_tiny_model(folder: Path, arch: str) -> Path:
                              pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
     else:
         config = GPT2Config(vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_positions=512,
+                            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                             eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
                             pad_token_id=tokenizer.pad_token_id)
     model = AutoModelForCausalLM.from_config(config)
