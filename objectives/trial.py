@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import random
 import time
@@ -33,6 +34,8 @@ from objectives.errors import UserError
 from objectives.finetune import train
 from objectives.models import fingerprint, load_model, lora_target_modules
 from objectives.tokens import render_prompt
+
+log = logging.getLogger("shiftsweep")
 
 PARAPHRASE_INSTRUCTION = (
     "Rewrite the following text in your own words. Keep its meaning, every instruction and "
@@ -93,8 +96,11 @@ class Session:
         set_seed(config.seed)
         with self._trainable(config) as trainable:
             lap("train_s")
-            log = train(trainable, self.tokenizer, rows, config, acc)
+            log.info("training: %d examples, %d steps", len(rows), config.steps)
+            steps = train(trainable, self.tokenizer, rows, config, acc)
             lap("train_s")
+            log.info("scoring %d probes, %d trained examples, %d control texts", len(probes),
+                     len(scored_real), len(behavior.control))
             trainable.eval()
             tuned_probe = self._margins(trainable, probes, config)
             tuned_train = self._margins(trainable, scored_real, config)
@@ -105,9 +111,9 @@ class Session:
         measures = scoring.summarize(base_probe, tuned_probe, base_train, tuned_train,
                                      kl_total, kl_count)
         measures.update(n_real=config.n_real, dream_multiplier=config.dream_multiplier,
-                        n_eff=config.n_eff, steps=len(log))
-        if len(log) != config.steps:
-            raise RuntimeError(f"ran {len(log)} optimizer steps, expected {config.steps}")
+                        n_eff=config.n_eff, steps=len(steps))
+        if len(steps) != config.steps:
+            raise RuntimeError(f"ran {len(steps)} optimizer steps, expected {config.steps}")
         return {
             "measures": measures,
             "probes": [{"scenario": p["scenario"], "line": p["line"], "base_margin": b, "margin": t}
@@ -118,7 +124,7 @@ class Session:
                                                   strict=True)],
             "training_set": {kind: sum(1 for r in rows if r["kind"] == kind)
                              for kind in ("real", "variation", "copy")},
-            "log": log,
+            "log": steps,
             "timings": timings,
             "model": {"spec": config.model, "resolved": self.model_name,
                       "fingerprint": self.model_fingerprint},
@@ -128,11 +134,19 @@ class Session:
             "processes": self.accelerator.num_processes,
         }
 
+    def base_probe_margins(self, config: TrialConfig) -> tuple[list[dict[str, Any]], list[float]]:
+        """The base model's margin on each probe of ``config.behavior`` (cached like a trial's)."""
+        self._ensure_model(config.model)
+        behavior = self._behavior(config.behavior)
+        probes = _probe_subset(behavior.probe_rows(), config.n_probes)
+        return probes, self._base_margins(behavior, config, "probe", probes)
+
     # --- model and adapter ----------------------------------------------------------------------
     def _ensure_model(self, spec: str) -> None:
         if self.model_spec == spec:
             return
         self.model = self.tokenizer = None
+        log.info("loading model %s", spec)
         model, tokenizer, name = load_model(spec)
         self.model = model.to(self.accelerator.device)
         self.tokenizer, self.model_name, self.model_spec = tokenizer, name, spec
@@ -205,6 +219,7 @@ class Session:
                 cache[k].update(stored if isinstance(stored, dict) else {})
             missing = [r for r in rows if str(r["line"]) not in cache[kind]]
         if missing:
+            log.info("scoring the base model on %d %s rows (cached afterwards)", len(missing), kind)
             self.model.eval()
             values = self._margins(self.model, missing, config)
             cache[kind].update((str(r["line"]), v) for r, v in zip(missing, values, strict=True))

@@ -175,13 +175,13 @@ def format_results(results: list[dict[str, Any] | None], wall_s: float | None = 
     several = len(done) > 1
     rows = [["measure", *heads] + (["mean ± sd"] if several else [])]
     for key, label, fmt in MEASURES:
-        values = [r["measures"].get(key, math.nan) for r in done]
-        row = [label, *[fmt.format(v) for v in values]]
+        values = [_number(r["measures"].get(key)) for r in done]
+        row = [label, *[_fmt(fmt, v) for v in values]]
         if several:
             finite = [v for v in values if not math.isnan(v)]
             mean = statistics.fmean(finite) if finite else math.nan
             sd = statistics.stdev(finite) if len(finite) > 1 else math.nan
-            row.append(f"{fmt.format(mean)} ± {sd:.4f}")
+            row.append(f"{_fmt(fmt, mean)} ± {_fmt('{:.4f}', sd)}")
         rows.append(row)
     rows.append(["" for _ in rows[0]])
     for key in TIMINGS:
@@ -196,6 +196,15 @@ def format_results(results: list[dict[str, Any] | None], wall_s: float | None = 
     if wall_s is not None:
         lines.append(f"{'wall_s (launch to exit)'}  {wall_s:.1f}")
     return "\n".join(lines)
+
+
+def _number(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _fmt(fmt: str, value: float) -> str:
+    """n/a for undefined measures (flip_rate when no probe starts at margin <= 0)."""
+    return "n/a" if math.isnan(value) else fmt.format(value)
 
 
 def cmd_behavior(args: argparse.Namespace) -> int:
@@ -222,9 +231,7 @@ def score_probes(behavior: Any, model: str) -> str:
 
     config = TrialConfig(behavior=str(behavior.folder), model=model)
     session = Session()
-    session._ensure_model(model)
-    probes = behavior.probe_rows()
-    margins = session._base_margins(behavior, config, "probe", probes)
+    probes, margins = session.base_probe_margins(config)
     lines = [f"\nbase model {session.model_name}: margin = mean-token log p(chosen) - "
              f"log p(rejected)"]
     for probe, margin in sorted(zip(probes, margins, strict=True), key=lambda pm: -pm[1]):

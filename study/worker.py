@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import math
 import sys
 import time
 import traceback
@@ -35,10 +37,21 @@ def _process_start() -> float:
         return PROCESS_STARTED
 
 
+def _plain(value: Any) -> Any:
+    """JSON without NaN (flip_rate is undefined when no probe starts at margin <= 0): null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
 def write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    tmp.write_text(json.dumps(_plain(data), indent=2, default=str, allow_nan=False) + "\n")
     tmp.replace(path)
 
 
@@ -53,6 +66,9 @@ def run_jobs(jobs: list[dict[str, Any]]) -> int:
 
     session = Session()
     main = session.accelerator.is_main_process
+    if main:  # progress lines; the CLI shows the ones that start with [shiftsweep]
+        logging.basicConfig(format="[shiftsweep] %(message)s", stream=sys.stderr)
+        logging.getLogger("shiftsweep").setLevel(logging.INFO)
     startup_s = time.time() - _process_start()
     failed = 0
     for index, job in enumerate(jobs):
@@ -83,9 +99,9 @@ def run_jobs(jobs: list[dict[str, Any]]) -> int:
                             "trial_index": index, "wall_s": time.time() - started}
         record["provenance"] = provenance({"processes": session.accelerator.num_processes})
         if main:
-            log = record.pop("log", [])
+            steps = record.pop("log", [])
             write_json(out / "result.json", record)
-            (out / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+            (out / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in steps))
     return failed
 
 
