@@ -86,9 +86,13 @@ def train(model: Any, tokenizer: Any, rows: list[dict[str, Any]], config: TrialC
 
 
 def _nll_sum(model: Any, batch: list[Encoded], pad_id: int, accelerator: Any) -> torch.Tensor:
-    ids, mask, labels, positions = collate(batch, pad_id, accelerator.device)
+    """Summed token loss of the completions. Left padding ends every sequence at the last
+    position, so logits (a vocabulary-wide row per token) are computed for completions only."""
+    ids, mask, labels, positions = collate(batch, pad_id, accelerator.device, left=True)
+    keep = max(len(e) - max(e.start, 1) for e in batch) + 1
     with accelerator.autocast():
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                       logits_to_keep=keep).logits
+    targets = labels[:, -keep:][:, 1:]
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(),
                            ignore_index=-100, reduction="sum")
-

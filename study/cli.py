@@ -256,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("shiftsweep: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
 
 
 def entry() -> None:
