@@ -10,7 +10,7 @@ import dataclasses
 import math
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from objectives.errors import UserError
@@ -59,8 +59,6 @@ class TrialConfig:
     n_train_scored: int = 32  # train_shift uses the first this-many of the real examples drawn
     score_batch_size: int = 16
     dream_temperature: float = 0.9  # sampling temperature of the "model" dream strategy
-
-    extra: dict[str, Any] = field(default_factory=dict)  # free-form labels, recorded only
 
     def __post_init__(self) -> None:
         def need(ok: bool, name: str, expected: str) -> None:
