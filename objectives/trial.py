@@ -157,7 +157,8 @@ class Session:
     def _trainable(self, config: TrialConfig):
         """The model to train for this trial; on exit the base model is as it was."""
         if config.finetune == "full":
-            snapshot = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            # kept in host memory: a second copy of the weights on the GPU could not fit
+            snapshot = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
             self.model.requires_grad_(True)
             try:
                 yield self.model
