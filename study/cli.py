@@ -121,10 +121,13 @@ def cmd_trial(args: argparse.Namespace) -> int:
     name = (f"{time.strftime('%Y%m%d-%H%M%S')}-n{first.n_real}-m{first.dream_multiplier}"
             f"-lr{first.lr:g}-bs{first.batch_size}")
     run_dir = (args.out or storage.trials_dir() / name).resolve()
-    if (run_dir / "result.json").exists():
-        raise UserError(f"--out {run_dir}: already holds a finished trial; choose a new folder")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if len(set(args.seed)) != len(args.seed):
+        raise UserError(f"--seed {' '.join(map(str, args.seed))}: each seed may appear once")
     outs = [run_dir] if len(configs) == 1 else [run_dir / f"seed-{c.seed}" for c in configs]
+    for out in outs:  # never overwrite a recorded trial
+        if (out / "result.json").exists() or (out / "config.json").exists():
+            raise UserError(f"--out {run_dir}: already holds a trial ({out}); choose a new folder")
+    run_dir.mkdir(parents=True, exist_ok=True)
     jobs = [{"config": c.to_dict(), "out": str(o)} for c, o in zip(configs, outs, strict=True)]
     jobs_file = run_dir / "jobs.json"
     jobs_file.write_text(json.dumps(jobs, indent=2))

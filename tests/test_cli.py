@@ -105,6 +105,18 @@ def test_user_errors_are_one_line_and_exit_2(args, needle, capsys):
     assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+def test_a_recorded_trial_is_never_overwritten(tiny_behavior, tmp_path, capsys):
+    out = tmp_path / "run"
+    (out / "seed-1").mkdir(parents=True)
+    (out / "seed-1" / "result.json").write_text("{}")
+    args = ["trial", "--behavior", str(tiny_behavior), "--out", str(out), "--seed", "0", "1"]
+    assert main(args) == 2
+    assert "already holds a trial" in capsys.readouterr().err
+    assert (out / "seed-1" / "result.json").read_text() == "{}"
+    assert main(["trial", "--behavior", str(tiny_behavior), "--seed", "2", "2"]) == 2
+    assert "each seed may appear once" in capsys.readouterr().err
+
+
 def test_bad_model_folder_is_a_user_error(tiny_behavior, tmp_path, capsys):
     empty = tmp_path / "empty-model"
     empty.mkdir()
