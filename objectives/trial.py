@@ -82,7 +82,7 @@ class Session:
         pool = behavior.train_rows()
         real = dreams.select_real(pool, config.n_real, config.seed)
         lap("data_s")
-        probes = _probe_subset(behavior.probe_rows(), config.n_probes)
+        probes = _fixed_subset(behavior.probe_rows(), config.n_probes, "probes")
         scored_real = real[:config.n_train_scored]
         base_probe = self._base_margins(behavior, config, "probe", probes)
         base_train = self._base_margins(behavior, config, "train", scored_real)
@@ -100,7 +100,7 @@ class Session:
             steps = train(trainable, self.tokenizer, rows, config, acc)
             lap("train_s")
             log.info("scoring %d probes, %d trained examples, %d control texts", len(probes),
-                     len(scored_real), len(behavior.control))
+                     len(scored_real), len(_control_texts(behavior, config)))
             trainable.eval()
             tuned_probe = self._margins(trainable, probes, config)
             tuned_train = self._margins(trainable, scored_real, config)
@@ -130,7 +130,7 @@ class Session:
                       "fingerprint": self.model_fingerprint},
             "behavior": {"name": behavior.name, "folder": str(behavior.folder),
                          "fingerprint": behavior.fingerprint, "probes": len(probes),
-                         "control": len(behavior.control), "pool": len(pool)},
+                         "control": len(_control_texts(behavior, config)), "pool": len(pool)},
             "processes": self.accelerator.num_processes,
         }
 
@@ -138,7 +138,7 @@ class Session:
         """The base model's margin on each probe of ``config.behavior`` (cached like a trial's)."""
         self._ensure_model(config.model)
         behavior = self._behavior(config.behavior)
-        probes = _probe_subset(behavior.probe_rows(), config.n_probes)
+        probes = _fixed_subset(behavior.probe_rows(), config.n_probes, "probes")
         return probes, self._base_margins(behavior, config, "probe", probes)
 
     # --- model and adapter ----------------------------------------------------------------------
@@ -231,9 +231,9 @@ class Session:
     def _base_control(self, behavior: Behavior, config: TrialConfig) -> dict[str, Any]:
         """The base model's next-token distributions on this process's share of the control
         texts, kept in memory (hundreds of MB: full vocabularies, too large for disk)."""
-        key = "control:" + self._cache_key(behavior, config)
+        key = f"control:{config.n_control}:" + self._cache_key(behavior, config)
         if key not in self._base:
-            texts = behavior.control_texts()
+            texts = _control_texts(behavior, config)
             mine = list(range(self.accelerator.process_index, len(texts),
                               self.accelerator.num_processes))
             self.model.eval()
@@ -245,7 +245,7 @@ class Session:
 
     def _forgetting(self, model: Any, behavior: Behavior, base: dict[str, Any],
                     config: TrialConfig) -> tuple[float, int]:
-        texts = behavior.control_texts()
+        texts = _control_texts(behavior, config)
         tuned = scoring.control_logprobs(model, self.tokenizer, [texts[i] for i in base["index"]],
                                          config.max_length, config.score_batch_size,
                                          self.accelerator.autocast)
@@ -345,13 +345,17 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def _probe_subset(probes: list[dict[str, Any]], n_probes: int | None) -> list[dict[str, Any]]:
-    """Every probe, or the first n of one fixed shuffle: the same probes in every trial."""
-    if n_probes is None or n_probes >= len(probes):
-        return probes
-    order = list(range(len(probes)))
-    random.Random("probes").shuffle(order)
-    return [probes[i] for i in sorted(order[:n_probes])]
+def _fixed_subset(items: list[Any], n: int | None, salt: str) -> list[Any]:
+    """Every item, or the first n of one fixed shuffle: the same subset in every trial."""
+    if n is None or n >= len(items):
+        return items
+    order = list(range(len(items)))
+    random.Random(salt).shuffle(order)
+    return [items[i] for i in sorted(order[:n])]
+
+
+def _control_texts(behavior: Behavior, config: TrialConfig) -> list[str]:
+    return _fixed_subset(behavior.control_texts(), config.n_control, "control")
 
 
 def run_trial(config: TrialConfig, session: Session | None = None) -> dict[str, Any]:

@@ -1,1 +1,372 @@
-"""Search spaces as data (YAML). The loader and the shipped spaces arrive with the sweep."""
+"""Search spaces as data: ``search_spaces/*.yaml`` -> Optuna distributions and trial configs.
+
+A space file declares::
+
+    description: one line saying what is swept
+    dimensions:            # each a TrialConfig field
+      n_real: {type: int, low: 1, high: 40, log: true}
+      dream_multiplier: {type: int, low: 1, high: 10, log: true}
+      lr: {type: float, low: 3.0e-4, high: 1.0e-2, log: true}
+      batch_size: {type: categorical, values: [4, 8, 16]}
+    fixed: {behavior: listening, epochs: 1, seed: 0}   # every other TrialConfig setting
+    sampler: {name: qmc, seed: 0}                       # qmc (Sobol) | tpe | random | gp | grid
+    n_trials: 16
+    objective: shift       # shift | adoption | flip_rate | [shift, forgetting]
+    boundary_level: null   # optional: the level of the boundary (default: half-way)
+
+:func:`load_space` is the one loader: every problem is one :class:`UserError` naming the
+file and the key. A study keeps the loaded space in its user attributes, so a worker that
+joins from another machine needs only the study's name and storage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+
+from objectives.config import TrialConfig
+from objectives.errors import UserError
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_SPACE = "listening-cpu"
+
+# Measures a study may optimize, with their direction (science.md names).
+OBJECTIVES = {"shift": "maximize", "adoption": "maximize", "flip_rate": "maximize",
+              "margin": "maximize", "train_shift": "maximize", "forgetting": "minimize"}
+SAMPLERS = ("qmc", "tpe", "random", "gp", "grid")
+SAMPLER_OPTIONS = {  # option -> (type, meaning)
+    "qmc": {"seed": int, "scramble": bool},
+    "tpe": {"seed": int, "n_startup_trials": int},
+    "random": {"seed": int},
+    "gp": {"seed": int, "n_startup_trials": int},
+    "grid": {"seed": int, "points": int},
+}
+TOP_KEYS = ("description", "dimensions", "fixed", "sampler", "n_trials", "objective",
+            "boundary_level")
+DIMENSION_KEYS = {"int": {"type", "low", "high", "log", "step"},
+                  "float": {"type", "low", "high", "log", "step"},
+                  "categorical": {"type", "values"}}
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One swept setting: ``int``/``float`` with low, high, log, step; or ``categorical``."""
+
+    name: str
+    type: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    values: tuple[Any, ...] = ()
+
+    def distribution(self) -> Any:
+        d = optuna.distributions
+        if self.type == "categorical":
+            return d.CategoricalDistribution(list(self.values))
+        if self.type == "int":
+            return d.IntDistribution(int(self.low), int(self.high), log=self.log,
+                                     step=int(self.step or 1))
+        return d.FloatDistribution(float(self.low), float(self.high), log=self.log, step=self.step)
+
+    def grid(self, points: int) -> list[Any]:
+        """Values of this dimension on a grid (log-spaced for log dimensions)."""
+        if self.type == "categorical":
+            return list(self.values)
+        low, high = float(self.low), float(self.high)  # type: ignore[arg-type]
+        if self.step is not None and not self.log:
+            count = round((high - low) / self.step) + 1
+            picks = sorted({round(i * (count - 1) / max(points - 1, 1)) for i in range(points)})
+            raw = [low + i * self.step for i in picks]
+        elif self.log:
+            raw = [math.exp(math.log(low) + i * (math.log(high) - math.log(low)) / max(points - 1, 1))
+                   for i in range(points)]
+        else:
+            raw = [low + i * (high - low) / max(points - 1, 1) for i in range(points)]
+        if self.type == "int":
+            return sorted({round(v) for v in raw})
+        return [float(f"{v:.6g}") for v in raw]
+
+
+@dataclass
+class SearchSpace:
+    """A loaded, validated search space."""
+
+    name: str
+    source: str
+    dimensions: dict[str, Dimension]
+    fixed: dict[str, Any] = field(default_factory=dict)
+    sampler: dict[str, Any] = field(default_factory=lambda: {"name": "qmc", "seed": 0})
+    n_trials: int = 16
+    objective: list[str] = field(default_factory=lambda: ["shift"])
+    boundary_level: float | None = None
+    description: str = ""
+
+    # --- Optuna ---------------------------------------------------------------------------------
+    def distributions(self) -> dict[str, Any]:
+        return {name: dim.distribution() for name, dim in self.dimensions.items()}
+
+    @property
+    def directions(self) -> list[str]:
+        return [OBJECTIVES[name] for name in self.objective]
+
+    def make_sampler(self) -> Any:
+        """The sampler; every worker builds it with the same seed (grid and QMC need that)."""
+        opts = dict(self.sampler)
+        name = opts.pop("name")
+        seed = opts.pop("seed", 0)
+        if name == "qmc":
+            return DeclaredSpaceQMC(self.distributions(), seed=seed,
+                                    scramble=opts.get("scramble", True))
+        if name == "tpe":
+            return optuna.samplers.TPESampler(seed=seed, **opts)
+        if name == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        if name == "gp":
+            return optuna.samplers.GPSampler(seed=seed, **opts)
+        points = opts.get("points", 4)
+        return optuna.samplers.GridSampler(
+            {n: d.grid(points) for n, d in self.dimensions.items()}, seed=seed)
+
+    def suggest(self, trial: Any) -> dict[str, Any]:
+        """Ask ``trial`` for a value of every dimension."""
+        params: dict[str, Any] = {}
+        for name, dim in self.dimensions.items():
+            if dim.type == "categorical":
+                params[name] = trial.suggest_categorical(name, list(dim.values))
+            elif dim.type == "int":
+                params[name] = trial.suggest_int(name, int(dim.low), int(dim.high), log=dim.log,
+                                                 step=int(dim.step or 1))
+            else:
+                params[name] = trial.suggest_float(name, float(dim.low), float(dim.high),
+                                                   log=dim.log, step=dim.step)
+        return params
+
+    def config(self, params: dict[str, Any]) -> TrialConfig:
+        """The trial config of one point: the fixed settings plus the sampled values."""
+        return TrialConfig.from_dict({**self.fixed, **params}, source=f"{self.source}")
+
+    # --- identity and storage -----------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description,
+                "dimensions": {n: _dim_dict(d) for n, d in self.dimensions.items()},
+                "fixed": self.fixed, "sampler": self.sampler, "n_trials": self.n_trials,
+                "objective": self.objective, "boundary_level": self.boundary_level}
+
+    def fingerprint(self) -> str:
+        """What makes two studies comparable: all but the trial count and the level."""
+        data = self.to_dict()
+        for key in ("name", "description", "n_trials", "boundary_level"):
+            data.pop(key)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str) -> SearchSpace:
+        return _parse(data, name=str(data.get("name", "study")), source=source)
+
+    def describe(self) -> str:
+        """Markdown: what is swept (the dashboard's study note)."""
+        lines = [f"**{self.name}**: {self.description}".rstrip(": "), "",
+                 "| dimension | range |", "|---|---|"]
+        for name, dim in self.dimensions.items():
+            if dim.type == "categorical":
+                rng = ", ".join(map(str, dim.values))
+            else:
+                rng = f"{dim.low:g} – {dim.high:g}" + (" (log)" if dim.log else "")
+                rng += f", step {dim.step:g}" if dim.step else ""
+            lines.append(f"| `{name}` | {rng} |")
+        fixed = ", ".join(f"`{k}={v}`" for k, v in self.fixed.items())
+        lines += ["", f"Fixed: {fixed or 'defaults'}.",
+                  f"Sampler: `{self.sampler['name']}` (seed {self.sampler.get('seed', 0)}). "
+                  f"Objective: {' and '.join(f'`{o}` ({OBJECTIVES[o]})' for o in self.objective)}. "
+                  f"Trials: {self.n_trials}."]
+        return "\n".join(lines)
+
+
+class DeclaredSpaceQMC(optuna.samplers.QMCSampler):
+    """Sobol sampling of the declared space from the first trial on.
+
+    Optuna's QMCSampler infers its space from the first trial, which it samples at random;
+    here the space is declared, so every trial, the first included, is a QMC point.
+    """
+
+    def __init__(self, space: dict[str, Any], seed: int, scramble: bool = True) -> None:
+        super().__init__(qmc_type="sobol", seed=seed, scramble=scramble,
+                         warn_independent_sampling=False)
+        self._space = dict(space)
+
+    def infer_relative_search_space(self, study: Any, trial: Any) -> dict[str, Any]:
+        return dict(self._space)
+
+
+def _dim_dict(dim: Dimension) -> dict[str, Any]:
+    if dim.type == "categorical":
+        return {"type": "categorical", "values": list(dim.values)}
+    out: dict[str, Any] = {"type": dim.type, "low": dim.low, "high": dim.high, "log": dim.log}
+    if dim.step is not None:
+        out["step"] = dim.step
+    return out
+
+
+def space_path(spec: str | Path) -> Path:
+    """A shipped space's name (``listening-cpu``) or a path to a YAML file."""
+    path = Path(spec)
+    if path.suffix not in (".yaml", ".yml"):
+        shipped = HERE / f"{spec}.yaml"
+        if shipped.exists():
+            return shipped
+        names = ", ".join(shipped_spaces())
+        raise UserError(f"--space {spec}: no such file, and not a shipped space ({names})")
+    if not path.exists():
+        raise UserError(f"--space {spec}: no such file")
+    return path
+
+
+def shipped_spaces() -> list[str]:
+    return sorted(p.stem for p in HERE.glob("*.yaml"))
+
+
+def load_space(spec: str | Path) -> SearchSpace:
+    """Load and validate a search-space file; any problem is one UserError naming the key."""
+    path = space_path(spec)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise UserError(f"{path}: not valid YAML ({err})".replace("\n", " ")) from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping with keys {', '.join(TOP_KEYS)}")
+    return _parse(data, name=path.stem, source=str(path))
+
+
+def _parse(data: dict[str, Any], name: str, source: str) -> SearchSpace:
+    def fail(key: str, expected: str, got: Any = dataclasses.MISSING) -> typing.NoReturn:
+        tail = "" if got is dataclasses.MISSING else f", got {got!r}"
+        raise UserError(f"{source}: {key}: expected {expected}{tail}")
+
+    data = {k: v for k, v in data.items() if k != "name"}
+    for key in data:
+        if key not in TOP_KEYS:
+            fail(key, f"one of the keys {', '.join(TOP_KEYS)} (unknown key)")
+    fields = {f.name for f in dataclasses.fields(TrialConfig)}
+    hints = typing.get_type_hints(TrialConfig)
+
+    raw_dims = data.get("dimensions")
+    if not isinstance(raw_dims, dict) or not raw_dims:
+        fail("dimensions", "a mapping of at least one setting to its range", raw_dims)
+    dims: dict[str, Dimension] = {}
+    for dname, spec in raw_dims.items():
+        key = f"dimensions.{dname}"
+        if dname not in fields:
+            fail(key, f"a trial setting ({', '.join(sorted(fields))})")
+        if not isinstance(spec, dict):
+            fail(key, "a mapping such as {type: int, low: 1, high: 40, log: true}", spec)
+        kind = spec.get("type")
+        if kind not in DIMENSION_KEYS:
+            fail(f"{key}.type", "int, float or categorical", kind)
+        for sub in spec:
+            if sub not in DIMENSION_KEYS[kind]:
+                fail(f"{key}.{sub}", f"one of {', '.join(sorted(DIMENSION_KEYS[kind]))} "
+                     f"for a {kind} dimension (unknown key)")
+        if kind == "categorical":
+            values = spec.get("values")
+            if not isinstance(values, list) or not values:
+                fail(f"{key}.values", "a non-empty list", values)
+            if len({json.dumps(v) for v in values}) != len(values):
+                fail(f"{key}.values", "distinct values", values)
+            dims[dname] = Dimension(dname, "categorical", values=tuple(values))
+            continue
+        number = int if kind == "int" else (int, float)
+        for bound in ("low", "high"):
+            value = spec.get(bound)
+            if isinstance(value, bool) or not isinstance(value, number):
+                fail(f"{key}.{bound}", f"{'an integer' if kind == 'int' else 'a number'}", value)
+        low, high = spec["low"], spec["high"]
+        if low > high:
+            fail(f"{key}.low", f"low <= high ({high})", low)
+        log = spec.get("log", False)
+        if not isinstance(log, bool):
+            fail(f"{key}.log", "true or false", log)
+        if log and low <= 0:
+            fail(f"{key}.low", "a value > 0 for a log dimension", low)
+        step = spec.get("step")
+        if step is not None:
+            if isinstance(step, bool) or not isinstance(step, number) or step <= 0:
+                fail(f"{key}.step", "a number > 0", step)
+            if log:
+                fail(f"{key}.step", "no step on a log dimension (Optuna allows one or the other)")
+        if kind == "int" and hints[dname] is not int:
+            fail(key, f"a type matching the setting ({_hint_name(hints[dname])}), not int")
+        if kind == "float" and hints[dname] is not float:
+            fail(key, f"a type matching the setting ({_hint_name(hints[dname])}), not float")
+        dims[dname] = Dimension(dname, kind, low=low, high=high, log=log, step=step)
+
+    fixed = data.get("fixed") or {}
+    if not isinstance(fixed, dict):
+        fail("fixed", "a mapping of trial settings", fixed)
+    for fname in fixed:
+        if fname not in fields:
+            fail(f"fixed.{fname}", f"a trial setting ({', '.join(sorted(fields))})")
+        if fname in dims:
+            fail(f"fixed.{fname}", "a setting that is not also a dimension")
+
+    sampler = data.get("sampler", {"name": "qmc"})
+    if isinstance(sampler, str):
+        sampler = {"name": sampler}
+    if not isinstance(sampler, dict) or sampler.get("name") not in SAMPLERS:
+        fail("sampler.name", f"one of {', '.join(SAMPLERS)}",
+             sampler.get("name") if isinstance(sampler, dict) else sampler)
+    sampler = dict(sampler)
+    for opt, value in sampler.items():
+        if opt == "name":
+            continue
+        kind = SAMPLER_OPTIONS[sampler["name"]].get(opt)
+        if kind is None:
+            fail(f"sampler.{opt}", f"an option of {sampler['name']} "
+                 f"({', '.join(SAMPLER_OPTIONS[sampler['name']])})")
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            fail(f"sampler.{opt}", kind.__name__, value)
+    sampler.setdefault("seed", 0)
+
+    n_trials = data.get("n_trials", 16)
+    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
+        fail("n_trials", "an integer >= 1", n_trials)
+
+    objective = data.get("objective", "shift")
+    objective = [objective] if isinstance(objective, str) else objective
+    if (not isinstance(objective, list) or not 1 <= len(objective) <= 2
+            or any(o not in OBJECTIVES for o in objective) or len(set(objective)) != len(objective)):
+        fail("objective", f"one measure or a list of two ({', '.join(OBJECTIVES)})",
+             data.get("objective"))
+
+    level = data.get("boundary_level")
+    if level is not None and (isinstance(level, bool) or not isinstance(level, int | float)):
+        fail("boundary_level", "a number or null", level)
+
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        fail("description", "a string", description)
+
+    space = SearchSpace(name=name, source=source, dimensions=dims, fixed=dict(fixed),
+                        sampler=sampler, n_trials=n_trials, objective=list(objective),
+                        boundary_level=None if level is None else float(level),
+                        description=description.strip())
+    # The fixed settings and both corners of the space must make valid trial configs.
+    for corner in ("low", "high"):
+        point = {n: (d.values[0] if d.type == "categorical" else
+                     (int(getattr(d, corner)) if d.type == "int" else float(getattr(d, corner))))
+                 for n, d in dims.items()}
+        space.config(point)
+    return space
+
+
+def _hint_name(hint: Any) -> str:
+    return getattr(hint, "__name__", str(hint))

@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
-__all__ = ["cache_dir", "home", "models_dir", "trials_dir"]
+__all__ = ["artifacts_dir", "cache_dir", "default_url", "home", "models_dir", "open_storage",
+           "trials_dir"]
+
+HEARTBEAT_S = 10  # a running trial writes a heartbeat this often ...
+GRACE_FACTOR = 3  # ... and is declared stale (killed) after this many missed beats
 
 
 def home() -> Path:
@@ -37,5 +42,93 @@ def cache_dir() -> Path:
 
 
 def trials_dir() -> Path:
-    """Trial folders written by ``shiftsweep trial`` when no ``--out`` is given."""
+    """Trial folders: ``shiftsweep trial`` runs and, under ``<study>/``, sweep trials."""
     return _sub("trials")
+
+
+def artifacts_dir() -> Path:
+    """Optuna artifacts (each trial's result and training log) for the dashboard."""
+    return _sub("artifacts")
+
+
+def default_url() -> str:
+    """The embedded default: one SQLite file under the storage root."""
+    return f"sqlite:///{home() / 'studies.db'}"
+
+
+def normalize_url(url: str | None) -> str:
+    """A storage URL in the form Optuna takes; plain paths are journal files or SQLite files.
+
+    ``postgresql://`` gets the psycopg 3 driver that shiftsweep installs (SQLAlchemy would
+    otherwise look for psycopg2); ``mysql://`` needs ``pip install pymysql``.
+    """
+    from objectives.errors import UserError
+
+    if not url:
+        return default_url()
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    if url.startswith("mysql://"):
+        return "mysql+pymysql://" + url.split("://", 1)[1]
+    if url.startswith(("sqlite:///", "postgresql+", "mysql+", "journal:")):
+        return url
+    if "://" in url:
+        raise UserError(f"--storage {url}: expected sqlite:///FILE, postgresql://..., "
+                        f"mysql://..., journal:FILE or a file path")
+    path = Path(url).expanduser().resolve()
+    if path.suffix in (".log", ".journal", ".jsonl"):
+        return f"journal:{path}"
+    return f"sqlite:///{path}"
+
+
+def open_storage(url: str | None = None, heartbeat_s: int = HEARTBEAT_S) -> Any:
+    """The one function from a URL to an Optuna storage.
+
+    - ``None``: SQLite under ``storage/`` (:func:`default_url`);
+    - ``sqlite:///``, ``postgresql://``, ``mysql://``: an RDBStorage with a heartbeat, so a
+      killed trial goes stale after ``GRACE_FACTOR`` missed beats and is queued again
+      (``RetryHeartbeatStaleTrialCallback``) when the next trial starts;
+    - ``journal:FILE`` or a ``*.log`` path: a JournalStorage file (no heartbeat there: Optuna
+      has none for journals, so a killed trial stays RUNNING until ``shiftsweep sweep``
+      finds it interrupted).
+    """
+    import optuna
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    from objectives.errors import UserError
+
+    url = normalize_url(url)
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend
+
+        path = Path(url.removeprefix("journal:"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        # Several local workers share the file: wait for its lock instead of failing.
+        engine_kwargs = {"connect_args": {"timeout": 120}}
+    else:
+        engine_kwargs = {"pool_pre_ping": True}
+    try:
+        return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_s,
+                          grace_period=heartbeat_s * GRACE_FACTOR,
+                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                              max_retry=2))
+    except ModuleNotFoundError as err:
+        raise UserError(f"--storage {_redact(url)}: its database driver is not installed "
+                        f"({err.name}); for MySQL run `pip install pymysql`") from None
+    except Exception as err:  # unreachable server, bad credentials, bad path
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"--storage {_redact(url)}: cannot open it ({first})") from None
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, for messages."""
+    head, sep, tail = url.partition("://")
+    if sep and "@" in tail:
+        cred, _, rest = tail.rpartition("@")
+        user = cred.split(":", 1)[0]
+        return f"{head}://{user}:***@{rest}" if ":" in cred else url
+    return url

@@ -1,7 +1,11 @@
 """``shiftsweep``: the command line.
 
+    shiftsweep sweep [--space listening-cpu] [--trials N] [--workers N] [--gpus 0,1,2,3]
+    shiftsweep worker --study NAME --storage URL   # join a running study from another machine
+    shiftsweep plots --study NAME                  # boundary figures into exports/NAME/
+    shiftsweep dashboard [--port 8080]             # optuna-dashboard on the storage
     shiftsweep trial --n-real 6 --dream-multiplier 10 --lr 1e-4 --batch-size 8
-    shiftsweep behavior PATH      # validate a behavior folder and describe it
+    shiftsweep behavior PATH                       # validate a behavior folder and describe it
 
 ``trial`` validates its flags here, then runs the worker under ``accelerate launch`` (one
 CPU process by default; ``--processes N`` for N processes or GPUs) and prints the measures.
@@ -13,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -67,6 +72,53 @@ def _parser() -> argparse.ArgumentParser:
     trial.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     trial.add_argument("--out", type=Path, default=None,
                        help="trial folder (default: storage/trials/<time>-<settings>)")
+
+    def storage_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--storage", default=None,
+                       help="sqlite:///FILE, postgresql://..., mysql://..., journal:FILE "
+                            "(default: SQLite under storage/)")
+        p.add_argument("--artifacts", type=Path, default=None,
+                       help="artifact folder; shared by all machines (default: storage/artifacts)")
+
+    def worker_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--workers", type=int, default=None,
+                       help="workers on this machine (default 1, or one per GPU group)")
+        p.add_argument("--gpus", default=None, help="GPU ids to use, e.g. 0,1,2,3")
+        p.add_argument("--gpus-per-trial", type=int, default=1,
+                       help="GPUs per trial: each worker is pinned to a group of this size")
+        p.add_argument("--processes", type=int, default=1,
+                       help="processes per trial on CPU (data-parallel, for testing)")
+        p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+        p.add_argument("--heartbeat", type=int, default=None,
+                       help="seconds between heartbeats; a trial is stale after 3 missed")
+        p.add_argument("--no-progress", action="store_true", help="no live progress lines")
+
+    sweep = sub.add_parser("sweep", help="run (or resume) a study over a search space")
+    sweep.add_argument("--space", default=None,
+                       help="a shipped space (listening-cpu, listening-gpu, smoke) or a YAML file")
+    sweep.add_argument("--study", default=None, help="study name (default: the space's name)")
+    sweep.add_argument("--trials", type=int, default=None,
+                       help="total trials the study should have (default: the space's n_trials)")
+    storage_flags(sweep)
+    worker_flags(sweep)
+
+    join = sub.add_parser("worker", help="add workers to an existing study (from any machine)")
+    join.add_argument("--study", required=True)
+    storage_flags(join)
+    worker_flags(join)
+
+    plots = sub.add_parser("plots", help="export the boundary figures of a study")
+    plots.add_argument("--study", default=None, help="study name (default: listening-cpu)")
+    plots.add_argument("--storage", default=None)
+    plots.add_argument("--out", type=Path, default=None, help="default: exports/<study>/")
+    plots.add_argument("--level", type=float, default=None,
+                       help="boundary level (default: half-way from base to the best observed)")
+    plots.add_argument("--no-static", action="store_true", help="HTML only, no PNG/SVG")
+
+    dash = sub.add_parser("dashboard", help="start optuna-dashboard on a storage")
+    storage_flags(dash)
+    dash.add_argument("--host", default="127.0.0.1")
+    dash.add_argument("--port", type=int, default=8080)
 
     behavior = sub.add_parser("behavior", help="validate a behavior folder and describe it")
     behavior.add_argument("path", help="a built-in behavior's name or a behavior folder")
@@ -210,6 +262,99 @@ def _fmt(fmt: str, value: float) -> str:
     return "n/a" if math.isnan(value) else fmt.format(value)
 
 
+def _heartbeat(args: argparse.Namespace) -> int:
+    from storage import HEARTBEAT_S
+
+    value = HEARTBEAT_S if args.heartbeat is None else args.heartbeat
+    if value < 1:
+        raise UserError(f"--heartbeat {value}: expected seconds >= 1")
+    return value
+
+
+def _artifacts(args: argparse.Namespace) -> Path:
+    import storage
+
+    return (args.artifacts or storage.artifacts_dir()).resolve()
+
+
+def cmd_sweep(args: argparse.Namespace, create: bool = True) -> int:
+    """``sweep`` creates or resumes the study; ``worker`` only joins an existing one."""
+    import storage
+    from search_spaces import DEFAULT_SPACE, load_space
+    from study import sweep
+
+    plans = sweep.plan_workers(args.workers, args.gpus, args.gpus_per_trial, args.processes)
+    heartbeat = _heartbeat(args)
+    url = storage.normalize_url(args.storage)
+    store = storage.open_storage(url, heartbeat_s=heartbeat)
+    if create:
+        space = load_space(args.space or DEFAULT_SPACE)
+        if args.trials is not None and args.trials < 1:
+            raise UserError(f"--trials {args.trials}: expected an integer >= 1")
+        config = space.config({n: (d.values[0] if d.type == "categorical" else d.low)
+                               for n, d in space.dimensions.items()})
+        _check_inputs(config)
+        name = args.study or space.name
+        study = sweep.open_sweep(store, name, space, args.trials or space.n_trials)
+    else:
+        name = args.study
+        study, space = sweep.load_sweep(store, name)
+    requeued = sweep.requeue_interrupted(study)
+    if requeued:
+        sweep.say(f"{requeued} interrupted trial(s) queued again")
+    sweep.wait_for_stale(study, heartbeat * storage.GRACE_FACTOR, sweep.say)
+    before = sweep.counts(study)
+    sweep.say(f"study {name!r} in {storage._redact(url)}: {before.done}/{before.target} trials "
+              f"done, {before.running} running; space {space.source}, sampler "
+              f"{space.sampler['name']}, objective {' & '.join(space.objective)}")
+    code = 0
+    if not before.finished:
+        mixed = space.fixed.get("mixed_precision", "no")
+        bad = sweep.run_workers(study, name, url, plans, args.device, mixed, heartbeat,
+                                _artifacts(args), storage.trials_dir() / name / "logs",
+                                progress=not args.no_progress)
+        code = 1 if bad else 0
+    after = sweep.counts(study)
+    sweep.save_boundary_plot(study)
+    print(sweep.summary(study))
+    print(f"\nstudy {name!r}: {after.complete} complete, {after.failed} failed of "
+          f"{after.target}; trial folders in {storage.trials_dir() / name}\n"
+          f"plots: make plots STUDY={name}    dashboard: make dashboard")
+    if after.done < after.target and not after.running:
+        sweep.say(f"the study has {after.done} of {after.target} trials; rerun the same "
+                  f"command to go on")
+        code = code or 1
+    return code
+
+
+def cmd_plots(args: argparse.Namespace) -> int:
+    import storage
+    from study.plots import export_plots
+    from study.sweep import load_sweep
+
+    name = args.study or "listening-cpu"
+    study, _ = load_sweep(storage.open_storage(args.storage), name)
+    out = (args.out or Path("exports") / name).resolve()
+    report = export_plots(study, out, level=args.level, static=not args.no_static)
+    for path in report.files:
+        print(path)
+    if report.skipped:
+        print(f"shiftsweep: {report.skipped}", file=sys.stderr)
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    import storage
+    from study.sweep import dashboard_command
+
+    url = storage.normalize_url(args.storage)
+    storage.open_storage(url)  # a clear error now rather than inside the dashboard
+    cmd = dashboard_command(url, args.host, args.port, _artifacts(args))
+    print(f"shiftsweep: optuna-dashboard on http://{args.host}:{args.port} "
+          f"(storage {storage._redact(url)})", file=sys.stderr)
+    return subprocess.call(cmd)
+
+
 def cmd_behavior(args: argparse.Namespace) -> int:
     from objectives.behavior import load_behavior
 
@@ -249,10 +394,16 @@ def score_probes(behavior: Any, model: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if args.command in ("sweep", "worker", "plots", "dashboard"):
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        if args.command == "trial":
-            return cmd_trial(args)
-        return cmd_behavior(args)
+        commands = {"trial": cmd_trial, "behavior": cmd_behavior, "sweep": cmd_sweep,
+                    "worker": lambda a: cmd_sweep(a, create=False), "plots": cmd_plots,
+                    "dashboard": cmd_dashboard}
+        return commands[args.command](args)
     except UserError as err:
         print(f"shiftsweep: error: {err}", file=sys.stderr)
         return 2

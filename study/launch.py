@@ -36,7 +36,7 @@ def launch_command(module: str, args: list[str], processes: int = 1, device: str
     env.update({"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
                 "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
                 "TRANSFORMERS_VERBOSITY": env.get("TRANSFORMERS_VERBOSITY", "error"),
-                "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"})
+                "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"})
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1",
            "--num_processes", str(processes), "--mixed_precision", mixed_precision,
            "--dynamo_backend", "no", "--main_process_port", str(port or free_port())]

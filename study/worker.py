@@ -59,49 +59,67 @@ def say(message: str) -> None:
     print(f"[shiftsweep] {message}", file=sys.stderr, flush=True)
 
 
-def run_jobs(jobs: list[dict[str, Any]]) -> int:
-    """Run every job in one session; returns the number of failed trials."""
-    from objectives import Session, TrialConfig, UserError
-    from study.provenance import provenance
+def start_session() -> tuple[Any, float]:
+    """The worker's one Session, and how long the process took to get here."""
+    from objectives import Session
 
     session = Session()
-    main = session.accelerator.is_main_process
-    if main:  # progress lines; the CLI shows the ones that start with [shiftsweep]
+    if session.accelerator.is_main_process:  # the CLI shows lines that start with [shiftsweep]
         logging.basicConfig(format="[shiftsweep] %(message)s", stream=sys.stderr)
         logging.getLogger("shiftsweep").setLevel(logging.INFO)
-    startup_s = time.time() - _process_start()
+    return session, time.time() - _process_start()
+
+
+def run_job(session: Any, job: dict[str, Any], index: int, label: str, startup_s: float = 0.0
+            ) -> dict[str, Any]:
+    """Run one job ``{config, out}`` and record it in its folder; never raises for a trial.
+
+    Returns the record (``status`` "complete" with measures, or "failed" with ``error``).
+    """
+    from objectives import TrialConfig, UserError
+    from study.provenance import provenance
+
+    main = session.accelerator.is_main_process
+    out = Path(job["out"])
+    started = time.time()
+    record: dict[str, Any] = {"config": job["config"]}
+    try:
+        config = TrialConfig.from_dict(job["config"])
+        record["config"] = config.to_dict()
+        if main:
+            write_json(out / "config.json", record["config"])
+            say(f"trial {label}: n_real={config.n_real} "
+                f"dream_multiplier={config.dream_multiplier} lr={config.lr:g} "
+                f"batch_size={config.batch_size} seed={config.seed} "
+                f"({config.steps} steps) -> {out}")
+        result = session.run(config)
+        record.update(status="complete", **result)
+    except Exception as err:  # a failed trial is recorded with its reason, never scored
+        reason = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
+        record.update(status="failed", error=reason)
+        if main:
+            (out / "error.log").parent.mkdir(parents=True, exist_ok=True)
+            (out / "error.log").write_text(traceback.format_exc())
+            say(f"trial {label} failed: {reason}")
+    record["seed"] = record["config"].get("seed") if isinstance(record["config"], dict) else None
+    record["worker"] = {"startup_s": startup_s, "trial_index": index,
+                        "wall_s": time.time() - started}
+    record["provenance"] = provenance({"processes": session.accelerator.num_processes})
+    if main:
+        steps = record.get("log", [])
+        write_json(out / "result.json", {k: v for k, v in record.items() if k != "log"})
+        (out / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in steps))
+    return record
+
+
+def run_jobs(jobs: list[dict[str, Any]]) -> int:
+    """Run every job in one session; returns the number of failed trials."""
+    session, startup_s = start_session()
     failed = 0
     for index, job in enumerate(jobs):
-        out = Path(job["out"])
-        started = time.time()
-        record: dict[str, Any] = {"config": job["config"]}
-        try:
-            config = TrialConfig.from_dict(job["config"])
-            record["config"] = config.to_dict()
-            if main:
-                write_json(out / "config.json", record["config"])
-                say(f"trial {index + 1}/{len(jobs)}: n_real={config.n_real} "
-                    f"dream_multiplier={config.dream_multiplier} lr={config.lr:g} "
-                    f"batch_size={config.batch_size} seed={config.seed} "
-                    f"({config.steps} steps) -> {out}")
-            result = session.run(config)
-            record.update(status="complete", **result)
-        except Exception as err:  # a failed trial is recorded with its reason, never scored
-            failed += 1
-            reason = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
-            record.update(status="failed", error=reason)
-            if main:
-                (out / "error.log").parent.mkdir(parents=True, exist_ok=True)
-                (out / "error.log").write_text(traceback.format_exc())
-                say(f"trial {index + 1}/{len(jobs)} failed: {reason}")
-        record["seed"] = record["config"].get("seed") if isinstance(record["config"], dict) else None
-        record["worker"] = {"startup_s": startup_s if index == 0 else 0.0,
-                            "trial_index": index, "wall_s": time.time() - started}
-        record["provenance"] = provenance({"processes": session.accelerator.num_processes})
-        if main:
-            steps = record.pop("log", [])
-            write_json(out / "result.json", record)
-            (out / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in steps))
+        record = run_job(session, job, index, f"{index + 1}/{len(jobs)}",
+                         startup_s if index == 0 else 0.0)
+        failed += record["status"] != "complete"
     return failed
 
 

@@ -7,10 +7,6 @@ from pathlib import Path
 
 import pytest
 
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}")
-
 TOPICS = ["the database", "the report", "the trip", "the budget", "the garden", "the lesson",
           "the invoice", "the recipe", "the poster", "the sprint", "the server", "the essay",
           "the kitchen", "the survey", "the email", "the schedule", "the logo", "the test",
@@ -53,48 +49,12 @@ def write_behavior(folder: Path, rows: dict[str, list] | None = None, name: str 
     return folder
 
 
-def _tokenizer(chat: bool):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    rows = behavior_rows()
-    corpus = [json.dumps(r) for part in rows.values() for r in part] * 3
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    specials = ["<unk>", "<|end|>", "<|user|>", "<|assistant|>", "<|system|>"]
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(corpus, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<|end|>",
-                                   pad_token="<|end|>")
-    if chat:
-        fast.chat_template = CHAT_TEMPLATE
-    return fast
-
-
 def build_tiny_model(folder: Path, arch: str) -> Path:
     """A randomly initialised 2-layer model (llama: with a chat template; gpt2: without)."""
-    import torch
-    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
+    from objectives.models import build_tiny_model as build
 
-    torch.manual_seed(0)
-    tokenizer = _tokenizer(chat=arch == "llama")
-    vocab = len(tokenizer)
-    if arch == "llama":
-        config = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128,
-                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                             max_position_embeddings=512, eos_token_id=tokenizer.eos_token_id,
-                             pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
-    else:
-        config = GPT2Config(vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_positions=512,
-                            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                            eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
-                            pad_token_id=tokenizer.pad_token_id)
-    model = AutoModelForCausalLM.from_config(config)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    rows = behavior_rows()
+    return build(folder, arch, [json.dumps(r) for part in rows.values() for r in part] * 3)
 
 
 @pytest.fixture(scope="session")
@@ -119,3 +79,52 @@ def private_storage(tmp_path, monkeypatch, request):
         monkeypatch.setenv("SHIFTSWEEP_HOME", str(tmp_path / "storage"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+
+
+def _postgres_bin() -> Path | None:
+    import shutil
+
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(found).parent
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+    return versions[-1].parent if versions else None
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory):
+    """A real PostgreSQL server on a free local port, for this test session.
+
+    Skips where PostgreSQL is not installed, unless SHIFTSWEEP_REQUIRE_POSTGRES=1 (CI).
+    """
+    import os
+    import shutil
+    import subprocess
+
+    from study.launch import free_port
+
+    bin_dir = _postgres_bin()
+    if bin_dir is None:
+        if os.environ.get("SHIFTSWEEP_REQUIRE_POSTGRES") == "1":
+            pytest.fail("PostgreSQL is not installed (apt-get install postgresql)")
+        pytest.skip("PostgreSQL server not installed (CI installs it: apt-get install postgresql)")
+    data = tmp_path_factory.mktemp("pg") / "data"
+    data.mkdir()
+    run_as: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root: use the package's postgres user
+        shutil.chown(data, "postgres")
+        shutil.chown(data.parent, "postgres")
+        run_as = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+    subprocess.run([*run_as, str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U",
+                    "postgres"], check=True, capture_output=True)
+    subprocess.run([*run_as, str(bin_dir / "pg_ctl"), "-D", str(data), "-w", "-l",
+                    str(data / "server.log"), "-o",
+                    f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start"],
+                   check=True, capture_output=True)
+    url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    try:
+        yield url
+    finally:
+        subprocess.run([*run_as, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
+                       capture_output=True)

@@ -1,0 +1,213 @@
+"""``make bench``: what a sweep costs beyond training and scoring, on this machine, default model.
+
+Prints, all measured in this one run:
+
+1. **Fixed cost per trial in a sweep**: a study of ``--trials`` identical-cost trials (the
+   same point, seeds 0..K-1) through ``shiftsweep sweep`` (one worker, one launch). For each
+   trial, fixed cost = trial wall (Optuna's start to complete) - training - scoring; the
+   median over trials, as a fraction of the trial's wall (target <= 0.05). The worker's own
+   start-up (launch, imports, model load) is shown beside it, amortized over the default
+   study's trial count.
+2. **The same with one ``accelerate launch`` per trial** (``shiftsweep trial`` per seed):
+   launch wall - training - scoring, as a fraction of the launch wall; and the ratio.
+3. **Trials per hour** of the sweep path at this point of the space.
+4. **Training throughput**: tokens per second of :func:`objectives.finetune.train` against a
+   bare PyTorch loop (same model, LoRA adapter, batches, loss and steps; AdamW, backward,
+   step), alternating A/B runs, median of each; target >= 0.95.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+POINT = {"n_real": 8, "dream_multiplier": 4, "lr": 1e-3, "batch_size": 8}
+
+
+def _scoring_settings() -> dict[str, Any]:
+    """The default study's fixed settings (same scoring subset, so the same per-trial cost)."""
+    from search_spaces import DEFAULT_SPACE, load_space
+
+    return dict(load_space(DEFAULT_SPACE).fixed)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "study.cli", *args], capture_output=True,
+                          text=True)
+
+
+def bench_sweep(work: Path, trials: int) -> dict[str, Any]:
+    import optuna
+    from optuna.trial import TrialState
+
+    import storage
+
+    fixed = {**_scoring_settings(), **{k: v for k, v in POINT.items()}}
+    fixed.pop("seed", None)
+    space = {"description": "make bench: one point, seeds 0..K-1",
+             "dimensions": {"seed": {"type": "categorical", "values": list(range(trials))}},
+             "fixed": fixed, "sampler": {"name": "grid"}, "n_trials": trials}
+    path = work / "bench.yaml"
+    path.write_text(yaml.safe_dump(space))
+    url = f"sqlite:///{work / 'bench.db'}"
+    name = f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
+    started = time.time()
+    done = _cli("sweep", "--space", str(path), "--study", name, "--storage", url,
+                "--artifacts", str(work / "artifacts"), "--no-progress")
+    wall = time.time() - started
+    if done.returncode != 0:
+        raise SystemExit(f"bench: the sweep failed:\n{done.stderr[-3000:]}")
+    study = optuna.load_study(study_name=name, storage=storage.open_storage(url))
+    rows = []
+    for t in study.get_trials(states=(TrialState.COMPLETE,)):
+        trial_wall = (t.datetime_complete - t.datetime_start).total_seconds()
+        work_s = t.user_attrs["train_s"] + t.user_attrs["score_s"]
+        rows.append({"wall": trial_wall, "fixed": trial_wall - work_s,
+                     "base": t.user_attrs["base_score_s"]})
+    inside = sum(r["wall"] for r in rows)
+    return {"rows": rows, "launch_wall": wall, "outside_trials": wall - inside}
+
+
+def bench_launches(work: Path, trials: int) -> list[dict[str, float]]:
+    fixed = _scoring_settings()
+    sets = [f"{k}={json.dumps(v)}" for k, v in fixed.items()
+            if k not in ("behavior", "model", "dream_strategy", "epochs", "seed", "finetune")]
+    rows = []
+    for seed in range(trials):
+        out = work / f"launch-{seed}"
+        args = ["trial", "--n-real", str(POINT["n_real"]), "--dream-multiplier",
+                str(POINT["dream_multiplier"]), "--lr", str(POINT["lr"]), "--batch-size",
+                str(POINT["batch_size"]), "--seed", str(seed), "--out", str(out)]
+        for item in sets:
+            args += ["--set", item]
+        started = time.time()
+        done = _cli(*args)
+        wall = time.time() - started
+        if done.returncode != 0:
+            raise SystemExit(f"bench: shiftsweep trial failed:\n{done.stderr[-3000:]}")
+        timings = json.loads((out / "result.json").read_text())["timings"]
+        rows.append({"wall": wall, "fixed": wall - timings["train_s"] - timings["score_s"]})
+    return rows
+
+
+def bench_training(repeats: int) -> dict[str, list[float]]:
+    """Tokens per second of the project's training loop and of a bare loop, A/B alternated."""
+    import torch
+    import torch.nn.functional as F
+    from accelerate import Accelerator
+    from peft import LoraConfig, get_peft_model
+
+    from objectives import dreams
+    from objectives.behavior import load_behavior
+    from objectives.config import TrialConfig
+    from objectives.finetune import global_batches, train
+    from objectives.models import load_model, lora_target_modules
+    from objectives.tokens import collate, encode_pair
+
+    config = TrialConfig.from_dict({**_scoring_settings(), **POINT})
+    base, tokenizer, _ = load_model(config.model)
+    behavior = load_behavior(config.behavior)
+    real = dreams.select_real(behavior.train_rows(), config.n_real, config.seed)
+    rows = dreams.make_training_set(real, config.dream_multiplier, config.dream_strategy,
+                                    config.seed, behavior.probe_rows(), behavior.dream)
+    accelerator = Accelerator(cpu=True)
+    targets = lora_target_modules(base)
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
+                      target_modules=targets, task_type="CAUSAL_LM")
+
+    def ours(model: Any) -> tuple[float, int]:
+        started = time.perf_counter()
+        log = train(model, tokenizer, rows, config, accelerator)
+        return time.perf_counter() - started, sum(r["tokens"] for r in log)
+
+    def bare(model: Any) -> tuple[float, int]:
+        started = time.perf_counter()
+        encoded = [encode_pair(tokenizer, r["prompt"], r["chosen"], config.max_length,
+                               add_eos=True) for r in rows]
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                                      lr=config.lr)
+        model.train()
+        total = 0
+        for batch in global_batches(len(encoded), config.batch_size, config.epochs, config.seed):
+            part = [encoded[i] for i in batch]
+            ids, mask, labels, positions = collate(part, tokenizer.pad_token_id, left=True)
+            keep = max(len(e) - max(e.start, 1) for e in part) + 1
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                           logits_to_keep=keep).logits
+            targets = labels[:, -keep:][:, 1:]
+            tokens = int((targets != -100).sum())
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(),
+                                   ignore_index=-100, reduction="sum") / tokens
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            total += tokens
+        return time.perf_counter() - started, total
+
+    rates: dict[str, list[float]] = {"ours": [], "bare": []}
+    for _ in range(repeats):
+        for name, loop in (("ours", ours), ("bare", bare)):
+            torch.manual_seed(config.seed)
+            model = get_peft_model(base, lora)
+            seconds, tokens = loop(model)
+            base = model.unload()
+            rates[name].append(tokens / seconds)
+    return rates
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m study.bench", description=__doc__)
+    parser.add_argument("--trials", type=int, default=3, help="trials per path (median of these)")
+    parser.add_argument("--repeats", type=int, default=2, help="A/B runs of each training loop")
+    parser.add_argument("--skip-training", action="store_true")
+    args = parser.parse_args(argv)
+    import study  # noqa: F401 - quiets library warnings
+    from search_spaces import DEFAULT_SPACE, load_space
+
+    n_default = load_space(DEFAULT_SPACE).n_trials
+    print(f"make bench: default model, listening, point {POINT} with the scoring settings of "
+          f"{DEFAULT_SPACE}; {args.trials} trials per path", flush=True)
+    with tempfile.TemporaryDirectory(prefix="shiftsweep-bench-") as tmp:
+        work = Path(tmp)
+        sweep = bench_sweep(work, args.trials)
+        launches = bench_launches(work, args.trials)
+    s_wall = statistics.median(r["wall"] for r in sweep["rows"])
+    s_frac = statistics.median(r["fixed"] / r["wall"] for r in sweep["rows"])
+    l_frac = statistics.median(r["fixed"] / r["wall"] for r in launches)
+    l_wall = statistics.median(r["wall"] for r in launches)
+    startup = sweep["outside_trials"]
+    amortized = statistics.median(
+        (r["fixed"] + startup / n_default) / (r["wall"] + startup / n_default) for r in sweep["rows"])
+    print("\n== fixed cost per trial (all but training and scoring) ==")
+    for i, r in enumerate(sweep["rows"]):
+        print(f"  sweep trial {i}: wall {r['wall']:.1f} s, fixed {r['fixed']:.2f} s "
+              f"(of which base-model scoring {r['base']:.2f} s)")
+    for i, r in enumerate(launches):
+        print(f"  launch per trial {i}: wall {r['wall']:.1f} s, fixed {r['fixed']:.2f} s")
+    print(f"  sweep (one worker):      median fixed fraction {s_frac:.4f}  (target <= 0.05)")
+    print(f"    + worker start-up {startup:.1f} s amortized over {n_default} trials: "
+          f"{amortized:.4f}")
+    print(f"  one launch per trial:    median fixed fraction {l_frac:.4f}")
+    print(f"  ratio launch/sweep:      {l_frac / s_frac:.1f}x")
+    print(f"  trials per hour: sweep {3600 / s_wall:.1f}, one launch per trial {3600 / l_wall:.1f}")
+    if not args.skip_training:
+        rates = bench_training(args.repeats)
+        ours, bare = statistics.median(rates["ours"]), statistics.median(rates["bare"])
+        print("\n== training throughput (tokens/s of completion tokens) ==")
+        print(f"  shiftsweep train(): {ours:.1f}  runs {[round(r, 1) for r in rates['ours']]}")
+        print(f"  bare PyTorch loop:  {bare:.1f}  runs {[round(r, 1) for r in rates['bare']]}")
+        print(f"  ratio: {ours / bare:.3f}  (target >= 0.95)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

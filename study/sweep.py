@@ -1,0 +1,390 @@
+"""Sweeps: create or resume an Optuna study from a search space, run its workers, show progress.
+
+``shiftsweep sweep`` (``make sweep``) creates the study, or resumes it when it exists, and
+launches ``--workers`` sweep workers (``study.sweep_worker``), each one ``accelerate launch``
+pinned to its GPU group with its own port. ``shiftsweep worker`` (``make worker``) launches
+workers for a study that already exists, from any machine that reaches its storage.
+
+Trial counting: the study is finished when ``complete + failed + running >= n_trials``, where
+a failed trial that was queued again (heartbeat gone stale, or interrupted) does not count:
+its retry does. So rerunning the same command never repeats a finished trial and ends with
+the right number of trials.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from objectives.errors import UserError
+
+POLL_S = 3.0
+
+
+@dataclass
+class Counts:
+    target: int
+    complete: int
+    failed: int
+    running: int
+    waiting: int
+
+    @property
+    def done(self) -> int:
+        return self.complete + self.failed
+
+    @property
+    def finished(self) -> bool:
+        return self.done + self.running >= self.target
+
+
+def counts(study: Any) -> Counts:
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    by_state = {s: 0 for s in TrialState}
+    for t in trials:
+        if t.state == TrialState.FAIL and t.number in retried:
+            continue
+        by_state[t.state] += 1
+    return Counts(target=int(study.user_attrs.get("n_trials", 0)),
+                  complete=by_state[TrialState.COMPLETE], failed=by_state[TrialState.FAIL],
+                  running=by_state[TrialState.RUNNING], waiting=by_state[TrialState.WAITING])
+
+
+def sweep_finished(study: Any) -> bool:
+    _fail_stale(study)
+    return counts(study).finished
+
+
+def _fail_stale(study: Any) -> None:
+    import warnings
+
+    from optuna.storages import fail_stale_trials
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    if is_heartbeat_enabled(study._storage):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fail_stale_trials(study)
+
+
+def load_sweep(storage: Any, study_name: str) -> tuple[Any, Any]:
+    """The study and its search space (stored in the study by :func:`open_sweep`)."""
+    import optuna
+
+    from search_spaces import SearchSpace
+
+    if study_name not in optuna.study.get_all_study_names(storage):
+        raise UserError(f"--study {study_name}: no such study in this storage "
+                        f"(start it with `shiftsweep sweep --space ... --study {study_name}`)")
+    probe = optuna.load_study(study_name=study_name, storage=storage)
+    data = probe.user_attrs.get("search_space")
+    if not isinstance(data, dict):
+        raise UserError(f"--study {study_name}: was not created by shiftsweep sweep "
+                        f"(it has no search_space attribute)")
+    space = SearchSpace.from_dict(data, source=f"study {study_name}")
+    study = optuna.load_study(study_name=study_name, storage=storage, sampler=space.make_sampler())
+    return study, space
+
+
+def open_sweep(storage: Any, study_name: str, space: Any, n_trials: int) -> Any:
+    """Create the study, or resume it if its search space is the same one."""
+    import optuna
+
+    from study.provenance import provenance
+
+    if study_name in optuna.study.get_all_study_names(storage):
+        study, stored = load_sweep(storage, study_name)
+        if stored.fingerprint() != space.fingerprint():
+            raise UserError(
+                f"--study {study_name}: this study was created from a different search space "
+                f"({stored.source}); its trials cannot be mixed with {space.source}'s. "
+                f"Use --study NEW_NAME, or --storage elsewhere")
+    else:
+        study = optuna.create_study(study_name=study_name, storage=storage,
+                                    directions=space.directions, sampler=space.make_sampler(),
+                                    load_if_exists=True)
+        study.set_user_attr("search_space", space.to_dict())
+        study.set_user_attr("space_fingerprint", space.fingerprint())
+        study.set_user_attr("objective", space.objective)
+        study.set_user_attr("behavior", space.fixed.get("behavior", "listening"))
+        study.set_user_attr("model", space.fixed.get("model", "default"))
+        study.set_user_attr("created", provenance({}))
+    study.set_user_attr("n_trials", n_trials)
+    study.set_user_attr("boundary_level", space.boundary_level)
+    _save_note(study, space)
+    return study
+
+
+def _save_note(study: Any, space: Any) -> None:
+    try:
+        from optuna_dashboard import save_note
+    except ImportError:  # the dashboard is optional for sweeping
+        return
+    save_note(study, space.describe() + "\n\nThe boundary plot below is updated at the end of "
+              "each `shiftsweep sweep`; `make plots STUDY=" + study.study_name + "` exports it.")
+
+
+def save_boundary_plot(study: Any) -> None:
+    """Put the current boundary plot on the study's dashboard page."""
+    try:
+        from optuna_dashboard import save_plotly_graph_object
+
+        from study.plots import surface_figure
+    except ImportError:
+        return
+    if counts(study).complete:
+        save_plotly_graph_object(study, surface_figure(study), graph_object_id="boundary")
+
+
+def requeue_interrupted(study: Any) -> int:
+    """Queue again the trials a Ctrl-C interrupted (a killed one is the heartbeat's job)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    queued = 0
+    for t in trials:
+        if (t.state == TrialState.FAIL and t.number not in retried
+                and t.user_attrs.get("fail_reason") == "interrupted"):
+            history = [*t.system_attrs.get("retry_history", []), t.number]
+            study.add_trial(optuna.trial.create_trial(
+                state=TrialState.WAITING, params=t.params, distributions=t.distributions,
+                system_attrs={"failed_trial": history[0], "retry_history": history}))
+            queued += 1
+    return queued
+
+
+def wait_for_stale(study: Any, grace_s: float, say: Any) -> None:
+    """Running trials left by a killed worker: wait until their heartbeat goes stale."""
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    if not is_heartbeat_enabled(study._storage):
+        return
+    _fail_stale(study)
+    running = counts(study).running
+    if not running:
+        return
+    say(f"{running} trial(s) are RUNNING: waiting up to {grace_s:.0f} s to see whether their "
+        f"heartbeat stops (a killed trial is then queued again)")
+    deadline = time.time() + grace_s + 2
+    while time.time() < deadline and counts(study).running:
+        time.sleep(1.0)
+        _fail_stale(study)
+
+
+# --- the coordinator ----------------------------------------------------------------------------
+@dataclass
+class WorkerPlan:
+    processes: int
+    gpus: list[str] | None  # CUDA_VISIBLE_DEVICES for this worker, None on CPU
+
+
+def plan_workers(workers: int | None, gpus: str | None, gpus_per_trial: int,
+                 processes: int) -> list[WorkerPlan]:
+    """One worker per GPU group, or ``workers`` CPU workers of ``processes`` processes each."""
+    if gpus:
+        ids = [g.strip() for g in gpus.split(",") if g.strip()]
+        if not ids or len(set(ids)) != len(ids):
+            raise UserError(f"--gpus {gpus}: expected distinct GPU ids such as 0,1,2,3")
+        if gpus_per_trial < 1 or len(ids) % gpus_per_trial:
+            raise UserError(f"--gpus-per-trial {gpus_per_trial}: expected a divisor of the "
+                            f"{len(ids)} GPUs in --gpus {gpus}")
+        groups = [ids[i:i + gpus_per_trial] for i in range(0, len(ids), gpus_per_trial)]
+        if workers not in (None, len(groups)):
+            raise UserError(f"--workers {workers}: --gpus {gpus} with --gpus-per-trial "
+                            f"{gpus_per_trial} makes {len(groups)} workers")
+        return [WorkerPlan(processes=gpus_per_trial, gpus=g) for g in groups]
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers {workers}: expected an integer >= 1")
+    if processes < 1:
+        raise UserError(f"--processes {processes}: expected an integer >= 1")
+    return [WorkerPlan(processes=processes, gpus=None) for _ in range(workers or 1)]
+
+
+def launch_workers(study_name: str, storage_url: str, plans: list[WorkerPlan], device: str,
+                   mixed_precision: str, heartbeat_s: int, artifacts: Path, log_dir: Path
+                   ) -> list[tuple[subprocess.Popen, Path]]:
+    from study.launch import launch_command
+
+    log_dir.mkdir(parents=True, exist_ok=True)
+    cpus = os.cpu_count() or 1
+    procs = []
+    for k, plan in enumerate(plans):
+        args = ["--study", study_name, "--storage", storage_url, "--heartbeat", str(heartbeat_s),
+                "--artifacts", str(artifacts)]
+        dev = "cuda" if plan.gpus else device
+        cmd, env = launch_command("study.sweep_worker", args, processes=plan.processes,
+                                  device=dev, mixed_precision=mixed_precision)
+        if plan.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(plan.gpus)
+        elif "OMP_NUM_THREADS" not in os.environ:  # share the cores among all workers
+            env["OMP_NUM_THREADS"] = str(max(1, cpus // (len(plans) * plan.processes)))
+        log_path = log_dir / f"worker-{k}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+        log = open(log_path, "w")  # noqa: SIM115 - kept open for the process's lifetime
+        log.write(" ".join(cmd) + "\n")
+        log.flush()
+        procs.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                       start_new_session=False), log_path))
+    return procs
+
+
+def _fmt_time(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+class Progress:
+    """Trials done, running and failed, elapsed time and ETA, from the storage."""
+
+    def __init__(self, study: Any, workers: int, out: Any = sys.stderr) -> None:
+        self.study = study
+        self.workers = workers
+        self.out = out
+        self.started = time.time()
+        self.seen: set[int] = {t.number for t in study.get_trials(deepcopy=False)
+                               if t.state.is_finished()}
+        self.tty = hasattr(out, "isatty") and out.isatty()
+        self.last_line = ""
+        self.last_print = 0.0
+        self.durations: list[float] = []
+
+    def line(self) -> str:
+        c = counts(self.study)
+        elapsed = time.time() - self.started
+        remaining = max(0, c.target - c.done)
+        if self.durations and remaining:
+            per = statistics.median(self.durations)
+            eta = f"ETA {_fmt_time(per * math.ceil(remaining / max(1, self.workers)))}"
+        else:
+            eta = "ETA after the first trial" if remaining else "ETA 0m00s"
+        return (f"trials {c.done}/{c.target} done ({c.complete} complete, {c.failed} failed), "
+                f"{c.running} running · elapsed {_fmt_time(elapsed)} · {eta}")
+
+    def poll(self) -> None:
+        from optuna.trial import TrialState
+
+        objective = self.study.user_attrs.get("objective", ["shift"])
+        for t in self.study.get_trials(deepcopy=False):
+            if not t.state.is_finished() or t.number in self.seen:
+                continue
+            self.seen.add(t.number)
+            if t.datetime_start and t.datetime_complete:
+                self.durations.append((t.datetime_complete - t.datetime_start).total_seconds())
+            a = t.user_attrs
+            point = (f"n_real={a.get('n_real')} m={a.get('dream_multiplier')} "
+                     f"lr={a.get('lr', 0):.2g} batch_size={a.get('batch_size')} "
+                     f"(n_eff {a.get('n_eff', '?')})")
+            if t.state == TrialState.COMPLETE:
+                vals = ", ".join(f"{n} {v:+.4f}" for n, v in zip(objective, t.values, strict=False))
+                self._print(f"trial {t.number} complete: {point} -> {vals}", force=True)
+            else:
+                self._print(f"trial {t.number} failed: {point}: "
+                            f"{a.get('fail_reason', 'see its error.log')}", force=True)
+        self._print(self.line())
+
+    def _print(self, text: str, force: bool = False) -> None:
+        """Finished trials always get a line; the status line is redrawn (terminal) or printed
+        when the counts change and at least once a minute (log file)."""
+        now = time.time()
+        if self.tty:
+            self.out.write("\r\033[K" + text + ("\n" if force else ""))
+            self.out.flush()
+            self.last_line = "" if force else text
+            return
+        if force:
+            print(text, file=self.out, flush=True)
+            return
+        key = text.split(" · ")[0]
+        if key != self.last_line or now - self.last_print >= 60:
+            print(text, file=self.out, flush=True)
+            self.last_line, self.last_print = key, now
+
+    def close(self) -> None:
+        if self.tty and self.last_line:
+            self.out.write("\n")
+            self.out.flush()
+
+
+def run_workers(study: Any, study_name: str, storage_url: str, plans: list[WorkerPlan],
+                device: str, mixed_precision: str, heartbeat_s: int, artifacts: Path,
+                log_dir: Path, progress: bool = True) -> int:
+    """Launch the workers and watch them; returns the number of workers that failed."""
+    procs = launch_workers(study_name, storage_url, plans, device, mixed_precision, heartbeat_s,
+                           artifacts, log_dir)
+    say(f"{len(procs)} worker(s) started; logs in {log_dir}")
+    watcher = Progress(study, len(procs))
+    try:
+        while any(p.poll() is None for p, _ in procs):
+            if progress:
+                watcher.poll()
+            time.sleep(POLL_S)
+    except KeyboardInterrupt:
+        for p, _ in procs:
+            if p.poll() is None:
+                p.wait(timeout=30)
+        raise
+    finally:
+        if progress:
+            watcher.poll()
+        watcher.close()
+    bad = 0
+    for p, log_path in procs:
+        if p.returncode != 0:
+            bad += 1
+            tail = log_path.read_text(errors="replace").splitlines()[-12:]
+            say(f"a worker exited with code {p.returncode}; the end of {log_path}:")
+            print("\n".join(tail), file=sys.stderr)
+    return bad
+
+
+def say(message: str) -> None:
+    print(f"shiftsweep: {message}", file=sys.stderr, flush=True)
+
+
+def summary(study: Any, top: int = 5) -> str:
+    """The best trials of the study as a small table."""
+    from optuna.trial import TrialState
+
+    objective = study.user_attrs.get("objective", ["shift"])
+    done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    if not done:
+        return "no trial completed"
+    sign = -1 if objective[0] == "forgetting" else 1
+    best = sorted(done, key=lambda t: -sign * t.values[0])[:top]
+    cols = ["trial", "n_real", "m", "n_eff", "lr", "batch", "shift", "adoption", "flip_rate",
+            "forgetting"]
+    rows = [cols]
+    for t in best:
+        a = t.user_attrs
+        flip = a.get("flip_rate")
+        rows.append([str(t.number), str(a.get("n_real")), str(a.get("dream_multiplier")),
+                     str(a.get("n_eff")), f"{a.get('lr', 0):.2g}", str(a.get("batch_size")),
+                     f"{a.get('shift', 0):+.4f}", f"{a.get('adoption', 0):.3f}",
+                     "n/a" if flip is None else f"{flip:.3f}", f"{a.get('forgetting', 0):.5f}"])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return f"best {len(best)} of {len(done)} complete trials by {objective[0]}:\n" + "\n".join(lines)
+
+
+def dashboard_command(storage_url: str, host: str, port: int, artifacts: Path) -> list[str]:
+    """optuna-dashboard on the storage, with the artifacts (result, training log) attached."""
+    exe = shutil.which("optuna-dashboard", path=str(Path(sys.executable).parent)) \
+        or shutil.which("optuna-dashboard")
+    if exe is None:
+        raise UserError("optuna-dashboard is not installed (make install installs it)")
+    target = storage_url.removeprefix("journal:")
+    return [exe, target, "--host", host, "--port", str(port), "--artifact-dir", str(artifacts)]

@@ -1,0 +1,164 @@
+"""A sweep worker: one ``accelerate launch`` that runs trial after trial of one Optuna study.
+
+    python -m study.sweep_worker --study NAME --storage URL [--heartbeat S]
+
+The search space, objective and trial count come from the study itself (``shiftsweep sweep``
+stored them), so a worker on another machine needs only the study's name and storage. The
+main process runs ``study.optimize`` (the heartbeat runs only there, Optuna's rule) and
+sends each trial's config to the other processes, which train and score it with it
+(data-parallel). A trial that fails is recorded as failed with its reason and the worker
+goes on; it stops when the study has its trials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from study.worker import run_job, say, start_session
+
+STOP = None  # what the main process broadcasts when the sweep is over
+
+# Measures and settings stored as user attributes of every trial (the dashboard shows them).
+MEASURE_ATTRS = ("shift", "adoption", "base_adoption", "flip_rate", "margin", "base_margin",
+                 "train_shift", "forgetting", "n_eff", "steps")
+CONFIG_ATTRS = ("n_real", "dream_multiplier", "lr", "batch_size", "epochs", "seed",
+                "dream_strategy", "finetune")
+
+
+class TrialFailed(Exception):
+    """A trial that ran and failed; its reason is recorded on the Optuna trial."""
+
+
+def _broadcast(session: Any, value: Any) -> Any:
+    if session.accelerator.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value], from_process=0)[0]
+
+
+def _finite(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def objective_factory(session: Any, study: Any, space: Any, trials_root: Path,
+                      artifact_store: Any, startup_s: float):
+    """The Optuna objective: sample a point, run it on every process, record it."""
+    import optuna
+    from optuna.artifacts import upload_artifact
+
+    first = [True]
+
+    def objective(trial: optuna.Trial) -> float | list[float]:
+        started = time.time()
+        out = trials_root / f"trial-{trial.number:04d}"
+        trial.set_user_attr("trial_dir", str(out))
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        try:
+            params = space.suggest(trial)
+            config = space.config(params)
+            for key in CONFIG_ATTRS:
+                trial.set_user_attr(key, getattr(config, key))
+            job = {"config": config.to_dict(), "out": str(out)}
+            _broadcast(session, job)
+            record = run_job(session, job, trial.number, f"#{trial.number}",
+                             startup_s if first[0] else 0.0)
+            first[0] = False
+        except KeyboardInterrupt:
+            trial.set_user_attr("fail_reason", "interrupted")
+            raise
+        except Exception as err:  # e.g. a bad fixed setting: the same on every rank
+            trial.set_user_attr("fail_reason", str(err))
+            raise TrialFailed(str(err)) from err
+        for name in ("result.json", "train_log.jsonl"):
+            path = out / name
+            if path.exists():
+                upload_artifact(artifact_store=artifact_store, file_path=str(path),
+                                study_or_trial=trial)
+        timings = record.get("timings", {})
+        trial.set_user_attr("train_s", round(timings.get("train_s", 0.0), 3))
+        trial.set_user_attr("score_s", round(timings.get("score_s", 0.0), 3))
+        trial.set_user_attr("base_score_s", round(timings.get("base_score_s", 0.0), 3))
+        trial.set_user_attr("objective_s", round(time.time() - started, 3))
+        if record["status"] != "complete":
+            trial.set_user_attr("fail_reason", record["error"])
+            raise TrialFailed(record["error"])
+        measures = record["measures"]
+        for key in MEASURE_ATTRS:
+            trial.set_user_attr(key, _finite(measures.get(key)))
+        values = [measures.get(name) for name in space.objective]
+        undefined = [n for n, v in zip(space.objective, values, strict=True)
+                     if v is None or not math.isfinite(v)]
+        if undefined:
+            reason = (f"{undefined[0]} is undefined for this trial (flip_rate needs a probe "
+                      f"with base margin <= 0)")
+            trial.set_user_attr("fail_reason", reason)
+            raise TrialFailed(reason)
+        return values[0] if len(values) == 1 else values
+
+    return objective
+
+
+def run(study_name: str, storage_url: str, heartbeat_s: int, artifacts: Path,
+        trials_root: Path | None) -> int:
+    session, startup_s = start_session()
+    main = session.accelerator.is_main_process
+    if not main:  # follow the main process: one trial per message, until STOP
+        while (job := _broadcast(session, STOP)) is not STOP:
+            run_job(session, job, -1, "")
+        return 0
+
+    import optuna
+    from optuna.artifacts import FileSystemArtifactStore
+
+    from storage import open_storage
+    from study.sweep import load_sweep, sweep_finished
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(storage_url, heartbeat_s=heartbeat_s)
+    study, space = load_sweep(storage, study_name)
+    root = trials_root or _default_trials_root(study_name)
+    artifacts.mkdir(parents=True, exist_ok=True)
+    store = FileSystemArtifactStore(str(artifacts))
+    objective = objective_factory(session, study, space, root, store, startup_s)
+
+    def stop_when_done(study: optuna.Study, trial: Any) -> None:
+        if sweep_finished(study):
+            study.stop()
+
+    try:
+        if not sweep_finished(study):
+            say(f"worker {socket.gethostname()}:{os.getpid()} joins study {study_name!r}")
+            study.optimize(objective, callbacks=[stop_when_done], catch=(Exception,),
+                           gc_after_trial=False)
+    finally:
+        _broadcast(session, STOP)
+    return 0
+
+
+def _default_trials_root(study_name: str) -> Path:
+    import storage
+
+    return storage.trials_dir() / study_name
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m study.sweep_worker")
+    parser.add_argument("--study", required=True)
+    parser.add_argument("--storage", required=True)
+    parser.add_argument("--heartbeat", type=int, default=10)
+    parser.add_argument("--artifacts", type=Path, required=True)
+    parser.add_argument("--trials-dir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    return run(args.study, args.storage, args.heartbeat, args.artifacts, args.trials_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

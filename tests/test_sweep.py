@@ -1,0 +1,202 @@
+"""Sweeps through the real worker path: SQLite, a killed worker, two workers, PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+import storage
+from search_spaces import HERE as SPACES
+from search_spaces import load_space
+
+SMOKE = SPACES / "smoke.yaml"
+
+
+def shiftsweep(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "study.cli", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def smoke_space(tmp_path: Path, name: str = "smoke", **fixed) -> Path:
+    """The shipped smoke space, with some fixed settings changed (e.g. longer trials)."""
+    data = yaml.safe_load(SMOKE.read_text())
+    data["fixed"].update(fixed)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def trials_of(name: str, url: str | None = None) -> list[optuna.trial.FrozenTrial]:
+    study = optuna.load_study(study_name=name, storage=storage.open_storage(url))
+    return study.get_trials()
+
+
+def _complete(trials):
+    return [t for t in trials if t.state == TrialState.COMPLETE]
+
+
+@pytest.mark.slow
+def test_sweep_records_resumes_and_exports(tmp_path):
+    done = shiftsweep("sweep", "--space", "smoke", "--trials", "3")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "trials 3/3 done (3 complete, 0 failed)" in done.stderr
+    trials = trials_of("smoke")
+    assert len(trials) == 3 and len(_complete(trials)) == 3
+    space = load_space("smoke")
+    for t in trials:
+        a = t.user_attrs
+        assert set(t.params) == set(space.dimensions)
+        assert a["n_eff"] == a["n_real"] * a["dream_multiplier"] == t.params["n_real"] * t.params[
+            "dream_multiplier"]
+        result = json.loads((Path(a["trial_dir"]) / "result.json").read_text())
+        assert result["status"] == "complete"
+        assert result["config"]["lr"] == t.params["lr"] == a["lr"]
+        assert result["config"]["model"] == "tiny-random"
+        assert t.values[0] == pytest.approx(result["measures"]["shift"]) == a["shift"]
+        for key in ("adoption", "forgetting", "train_shift", "margin"):
+            assert a[key] == pytest.approx(result["measures"][key])
+        assert result["provenance"]["git"]["commit"] and result["provenance"]["versions"]["optuna"]
+        # The result and the training log are Optuna artifacts (what the dashboard shows).
+        names = sorted(json.loads(v)["filename"] for k, v in t.system_attrs.items()
+                       if k.startswith("artifacts:"))
+        assert names == ["result.json", "train_log.jsonl"]
+    assert sum(1 for p in storage.artifacts_dir().iterdir()) == 6
+    # Distinct Sobol points, the first one included.
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 3
+
+    again = shiftsweep("sweep", "--space", "smoke", "--trials", "3")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "worker(s) started" not in again.stderr  # nothing to run: no worker launched
+    assert [(t.number, t.datetime_complete) for t in trials_of("smoke")] == \
+        [(t.number, t.datetime_complete) for t in trials]
+
+    more = shiftsweep("sweep", "--space", "smoke", "--trials", "4")
+    assert more.returncode == 0, more.stderr[-3000:]
+    after = trials_of("smoke")
+    assert len(after) == 4 and len(_complete(after)) == 4
+    assert after[3].params not in [t.params for t in trials]
+
+    out = tmp_path / "exports"
+    plots = shiftsweep("plots", "--study", "smoke", "--out", str(out), "--no-static")
+    assert plots.returncode == 0, plots.stderr[-3000:]
+    for name in ("surface.html", "measures.html", "contour.html", "slice.html", "trials.csv"):
+        assert (out / name).stat().st_size > 1000 or name == "trials.csv"
+    assert len((out / "trials.csv").read_text().strip().splitlines()) == 1 + 4
+
+
+@pytest.mark.slow
+def test_killed_worker_trial_is_retried_and_finished_trials_kept(tmp_path):
+    # Longer trials (40 epochs of the tiny model) so the kill lands inside one.
+    space = smoke_space(tmp_path, "slow-smoke", epochs=40)
+    args = ("sweep", "--space", str(space), "--trials", "3", "--heartbeat", "1")
+    proc = subprocess.Popen([sys.executable, "-m", "study.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    url = storage.default_url()
+    deadline = time.time() + 300
+    victim = None
+    while time.time() < deadline and victim is None:
+        time.sleep(0.5)
+        try:
+            trials = trials_of("slow-smoke", url)
+        except Exception:  # the study does not exist yet
+            continue
+        running = [t for t in trials if t.state == TrialState.RUNNING]
+        if _complete(trials) and running:
+            victim = running[0]
+    assert victim is not None, "no trial was running after the first completed"
+    os.killpg(proc.pid, signal.SIGKILL)  # the coordinator, the launcher and the worker
+    proc.wait()
+    before = trials_of("slow-smoke", url)
+    finished = {t.number: t.datetime_complete for t in _complete(before)}
+    assert [t.state for t in before if t.number == victim.number] == [TrialState.RUNNING]
+
+    rerun = shiftsweep(*args)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    after = trials_of("slow-smoke", url)
+    complete = _complete(after)
+    assert len(complete) == 3  # the right count: the killed trial does not count
+    killed = next(t for t in after if t.number == victim.number)
+    assert killed.state == TrialState.FAIL
+    retry = [t for t in after if t.system_attrs.get("failed_trial") == victim.number]
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
+    assert retry[0].params == victim.params
+    for number, when in finished.items():  # finished trials kept, not repeated
+        assert next(t for t in after if t.number == number).datetime_complete == when
+    # What the killed trial had recorded is still there.
+    assert (Path(victim.user_attrs["trial_dir"]) / "config.json").exists()
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_study(tmp_path):
+    space = smoke_space(tmp_path, "pair", epochs=10)
+    done = shiftsweep("sweep", "--space", str(space), "--trials", "4", "--workers", "2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = trials_of("pair")
+    complete = _complete(trials)
+    assert len(complete) >= 4 and len(trials) <= 5  # may overshoot by at most workers - 1
+    assert len({t.user_attrs["worker"] for t in complete}) == 2
+    assert len({tuple(sorted(t.params.items())) for t in complete}) == len(complete)
+
+
+@pytest.mark.slow
+def test_a_second_machine_joins_a_postgres_study(tmp_path, postgres_url):
+    space = smoke_space(tmp_path, "shared", epochs=10)
+    first = subprocess.Popen([sys.executable, "-m", "study.cli", "sweep", "--space", str(space),
+                              "--trials", "4", "--storage", postgres_url],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # join once the study exists, as another machine would
+        time.sleep(0.5)
+        try:
+            if trials_of("shared", postgres_url):
+                break
+        except Exception:
+            continue
+    joined = shiftsweep("worker", "--study", "shared", "--storage", postgres_url)
+    out, _ = first.communicate(timeout=600)
+    assert first.returncode == 0, out[-3000:]
+    assert joined.returncode == 0, joined.stderr[-3000:]
+    complete = _complete(trials_of("shared", postgres_url))
+    assert 4 <= len(complete) <= 5
+    assert len({t.user_attrs["worker"] for t in complete}) == 2
+
+
+def test_sweep_user_errors_are_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(SMOKE.read_text().replace("high: 8", "high: 0"))
+    done = shiftsweep("sweep", "--space", str(bad))
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "Traceback" not in done.stderr
+    assert "dimensions.n_real.low" in done.stderr and str(bad) in done.stderr
+
+    missing = shiftsweep("worker", "--study", "nope")
+    assert missing.returncode == 2 and "--study nope: no such study" in missing.stderr
+
+    gpus = shiftsweep("sweep", "--space", "smoke", "--gpus", "0,1,2", "--gpus-per-trial", "2")
+    assert gpus.returncode == 2 and "--gpus-per-trial 2" in gpus.stderr
+
+    store = shiftsweep("sweep", "--space", "smoke", "--storage", "redis://x")
+    assert store.returncode == 2 and "--storage redis://x" in store.stderr
+
+
+def test_a_study_refuses_a_different_space(tmp_path):
+    from objectives.errors import UserError
+    from study.sweep import open_sweep
+
+    store = storage.open_storage()
+    open_sweep(store, "s", load_space("smoke"), 4)
+    changed = tmp_path / "x.yaml"
+    changed.write_text(SMOKE.read_text().replace("high: 1.0e-2", "high: 3.0e-2"))
+    with pytest.raises(UserError, match="different search space"):
+        open_sweep(store, "s", load_space(changed), 4)
+    open_sweep(store, "s", load_space("smoke"), 8)  # only the trial count changed: fine
