@@ -188,15 +188,32 @@ def surface_figure(study: optuna.Study, level: float | None = None) -> go.Figure
     n_eff = 10, 50, 200 (m = n_eff / n_real) are traces named "n_eff=10" etc. With fewer than 3
     distinct (or only collinear) points, only the markers are drawn and the title says so.
     """
+    return _surface_over(study, ("n_real", "real examples (n_real)"),
+                         ("dream_multiplier", "dream multiplier (m)"), "real examples × dream multiplier",
+                         level, diagonal_neff=True)
+
+
+def lr_figure(study: optuna.Study, level: float | None = None) -> go.Figure:
+    """The first objective over (n_eff, learning rate), both axes log (science.md figure 5):
+    does the boundary follow n_eff × lr ≈ constant? The n_eff = 10, 50, 200 lines are vertical."""
+    return _surface_over(study, ("n_eff", "effective examples (n_eff = n_real × m)"),
+                         ("lr", "learning rate"), "effective examples × learning rate", level,
+                         diagonal_neff=False)
+
+
+def _surface_over(study: optuna.Study, x_axis: tuple[str, str], y_axis: tuple[str, str],
+                  what: str, level: float | None, diagonal_neff: bool) -> go.Figure:
+    """A response surface of the first objective over two positive settings, both axes log."""
+    (x_key, x_title), (y_key, y_title) = x_axis, y_axis
     measure = objective_names(study)[0]
     rows = [r for r in completed_trials(study)
-            if _num(r.get("n_real")) and _num(r.get("dream_multiplier")) and _num(r["value"])
-            and r["n_real"] > 0 and r["dream_multiplier"] > 0]
-    x = np.array([float(r["n_real"]) for r in rows])
-    y = np.array([float(r["dream_multiplier"]) for r in rows])
+            if _num(r.get(x_key)) and _num(r.get(y_key)) and _num(r["value"])
+            and r[x_key] > 0 and r[y_key] > 0]
+    x = np.array([float(r[x_key]) for r in rows])
+    y = np.array([float(r[y_key]) for r in rows])
     z = np.array([float(r["value"]) for r in rows])
     fig = go.Figure()
-    title = _title(study, f"{measure} over real examples × dream multiplier", len(rows))
+    title = _title(study, f"{measure} over {what}", len(rows))
     if not rows:
         fig.update_layout(title=title + " — nothing to draw")
         return fig
@@ -213,7 +230,7 @@ def surface_figure(study: optuna.Study, level: float | None = None) -> go.Figure
             reversescale=measure in MINIMIZED, ncontours=16, contours=dict(coloring="heatmap"),
             line=dict(width=0.5, color="rgba(255,255,255,0.35)"),
             colorbar=dict(title=dict(text=measure)),
-            hovertemplate=("n_real %{x:.3g}<br>m %{y:.3g}<br>" + measure
+            hovertemplate=(f"{x_key} %{{x:.3g}}<br>{y_key} %{{y:.3g}}<br>" + measure
                            + " %{z:.3g}<extra>interpolated</extra>")))
         value, how = boundary_level(study, level)
         label = f"boundary: {measure} = {value:.3g} ({how})"
@@ -224,30 +241,36 @@ def surface_figure(study: optuna.Study, level: float | None = None) -> go.Figure
             autocontour=False, contours=dict(start=value, end=value, size=1.0, coloring="none"),
             line=dict(width=4, color="#d62728"), hoverinfo="skip"))
 
-    # The n_eff lines, over the whole x range (clipped to the plot by the fixed axis ranges).
     x_lo, x_hi = 10 ** xr[0], 10 ** xr[1]
     for n in NEFF_LINES:
-        xs = [x_lo, x_hi]
-        fig.add_trace(go.Scatter(x=xs, y=[n / v for v in xs], mode="lines", name=f"n_eff={n}",
+        if diagonal_neff:  # m = n_eff / n_real over the whole x range (clipped by the axes)
+            xs = [x_lo, x_hi]
+            ys = [n / v for v in xs]
+            lo = max(xr[0], math.log10(n) - yr[1])
+            hi = min(xr[1], math.log10(n) - yr[0])
+            mid = (lo + hi) / 2 if lo < hi else None
+            at = (mid, math.log10(n) - mid) if mid is not None else None
+        else:  # a vertical line at n_eff = n
+            xs, ys = [n, n], [10 ** yr[0], 10 ** yr[1]]
+            at = (math.log10(n), yr[1] - 0.06 * (yr[1] - yr[0])) if xr[0] < math.log10(n) < xr[1] \
+                else None
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=f"n_eff={n}",
                                  line=dict(color="white", width=2, dash="dash"), hoverinfo="name"))
-        # label at the middle of the part of the line inside the plot, if any
-        lo = max(xr[0], math.log10(n) - yr[1])
-        hi = min(xr[1], math.log10(n) - yr[0])
-        if lo < hi:
-            mid = (lo + hi) / 2
-            fig.add_annotation(x=mid, y=math.log10(n) - mid, text=f"n_eff={n}", showarrow=False,
+        if at is not None:
+            fig.add_annotation(x=at[0], y=at[1], text=f"n_eff={n}", showarrow=False,
                                font=dict(color="white", size=12), bgcolor="rgba(0,0,0,0.45)")
 
-    custom = [[r.get("n_eff"), r.get("lr"), r.get("batch_size"), r["number"]] for r in rows]
+    custom = [[r.get("n_real"), r.get("dream_multiplier"), r.get("n_eff"), r.get("lr"),
+               r.get("batch_size"), r["number"]] for r in rows]
     fig.add_trace(go.Scatter(
         x=x.tolist(), y=y.tolist(), mode="markers", name="trials", customdata=custom,
         marker=dict(size=9, color="white", line=dict(color="black", width=1.5)),
-        hovertemplate=("trial %{customdata[3]}<br>n_real %{x}<br>m %{y}<br>n_eff %{customdata[0]}"
-                       "<br>lr %{customdata[1]:.3g}<br>batch_size %{customdata[2]}<br>"
-                       + measure + " %{text}<extra></extra>"),
+        hovertemplate=("trial %{customdata[5]}<br>n_real %{customdata[0]}<br>m %{customdata[1]}"
+                       "<br>n_eff %{customdata[2]}<br>lr %{customdata[3]:.3g}<br>batch_size "
+                       "%{customdata[4]}<br>" + measure + " %{text}<extra></extra>"),
         text=[f"{v:.4g}" for v in z]))
-    fig.update_xaxes(type="log", range=list(xr), title_text="real examples (n_real)")
-    fig.update_yaxes(type="log", range=list(yr), title_text="dream multiplier (m)")
+    fig.update_xaxes(type="log", range=list(xr), title_text=x_title)
+    fig.update_yaxes(type="log", range=list(yr), title_text=y_title)
     fig.update_layout(title=title, legend=dict(orientation="h", y=-0.18), height=720, margin=dict(b=140))
     return fig
 
@@ -390,6 +413,7 @@ def export_plots(study: optuna.Study, out_dir: Path, level: float | None = None,
         return t.values[0] if minimize else -t.values[0]
 
     figures: dict[str, go.Figure] = {"surface": surface_figure(study, level),
+                                     "lr": lr_figure(study, level),
                                      "measures": measures_figure(study)}
     optuna_plots = (("contour", optuna.visualization.plot_contour),
                     ("slice", optuna.visualization.plot_slice),

@@ -267,7 +267,7 @@ class Progress:
         elapsed = time.time() - self.started
         remaining = max(0, c.target - c.done)
         if self.durations and remaining:
-            per = statistics.median(self.durations)
+            per = statistics.fmean(self.durations)  # the mean: totals, not typical trials
             eta = f"ETA {_fmt_time(per * math.ceil(remaining / max(1, self.workers)))}"
         else:
             eta = "ETA after the first trial" if remaining else "ETA 0m00s"
@@ -332,10 +332,12 @@ def run_workers(study: Any, study_name: str, storage_url: str, plans: list[Worke
             if progress:
                 watcher.poll()
             time.sleep(POLL_S)
-    except KeyboardInterrupt:
-        for p, _ in procs:
-            if p.poll() is None:
-                p.wait(timeout=30)
+    except KeyboardInterrupt:  # the workers got the same Ctrl-C: their trials are failed as
+        for p, _ in procs:     # "interrupted" and queued again by the next run
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
         raise
     finally:
         if progress:

@@ -141,6 +141,19 @@ def test_surface_interpolated_grid_is_above_level_above_midpoint(sweep):
         assert z[i, j] == pytest.approx(sigmoid_shift(n_real * m), abs=0.02)
 
 
+def test_lr_figure_puts_the_boundary_at_the_same_n_eff_for_every_lr(sweep):
+    fig = plots.lr_figure(sweep)
+    level, _ = plots.boundary_level(sweep)
+    surface = trace(fig, "surface")
+    x, y, z = np.array(surface.x), np.array(surface.y), np.array(surface.z)
+    assert fig.layout.xaxis.type == "log" and fig.layout.yaxis.type == "log"
+    assert (x[0], x[-1]) == pytest.approx((1, 64 * 16)) and (y[0], y[-1]) == pytest.approx((1e-4, 1e-2))
+    # shift depends on n_eff only: every lr row crosses the level between n_eff 10 and 160
+    assert (z[:, x >= 4 * MIDPOINT] > level).all() and (z[:, x <= MIDPOINT / 4] < level).all()
+    lines = {n: trace(fig, f"n_eff={n}") for n in (10, 50, 200)}
+    assert all(list(t.x) == [n, n] for n, t in lines.items())  # vertical lines
+
+
 def test_surface_neff_lines_and_markers(sweep):
     fig = plots.surface_figure(sweep)
     for n in (10, 50, 200):
@@ -151,7 +164,7 @@ def test_surface_neff_lines_and_markers(sweep):
     assert sorted(zip(markers.x, markers.y, strict=True)) == sorted(POINTS)
     for key in ("trial", "n_real", "m ", "n_eff", "lr", "batch_size", "shift"):
         assert key in markers.hovertemplate
-    assert [c[3] for c in markers.customdata] == list(range(len(POINTS)))
+    assert [c[5] for c in markers.customdata] == list(range(len(POINTS)))
 
 
 def test_surface_with_too_few_points_draws_markers_only(tmp_path):
@@ -199,7 +212,7 @@ def test_measures_figure_panels_bases_zones(sweep):
 def test_export_html_and_csv_without_static(sweep, tmp_path):
     out = tmp_path / "plots"
     report = plots.export_plots(sweep, out, static=False)
-    names = ["surface", "measures", "contour", "slice", "importance"]
+    names = ["surface", "lr", "measures", "contour", "slice", "importance"]
     assert report.files == [out / f"{n}.html" for n in names] + [out / "trials.csv"]
     assert report.skipped is None
     for name in names:
@@ -246,7 +259,7 @@ def test_export_multi_objective_uses_first_measure(tmp_path):
     study = make_study(tmp_path, objective=("shift", "forgetting"))
     out = tmp_path / "plots"
     report = plots.export_plots(study, out, static=False)
-    assert report.skipped is None and len(report.files) == 6
+    assert report.skipped is None and len(report.files) == 7
     assert "boundary: shift = 0.2" in (out / "surface.html").read_text()
     assert '"shift"' in (out / "contour.html").read_text()
 

@@ -86,12 +86,47 @@ def test_sweep_records_resumes_and_exports(tmp_path):
     assert len(after) == 4 and len(_complete(after)) == 4
     assert after[3].params not in [t.params for t in trials]
 
+    # The dashboard: the study's page carries its note and the boundary plot.
+    from optuna_dashboard._custom_plot_data import list_graph_object_ids
+
+    study = optuna.load_study(study_name="smoke", storage=storage.open_storage())
+    assert list_graph_object_ids(study.system_attrs) == ["boundary"]
+    note = "".join(v for k, v in sorted(study.system_attrs.items()) if k.startswith("dashboard:note"))
+    assert "n_real" in note and "dream_multiplier" in note and "qmc" in note
+    assert_dashboard_serves(storage.default_url(), "smoke")
+
     out = tmp_path / "exports"
     plots = shiftsweep("plots", "--study", "smoke", "--out", str(out), "--no-static")
     assert plots.returncode == 0, plots.stderr[-3000:]
     for name in ("surface.html", "measures.html", "contour.html", "slice.html", "trials.csv"):
         assert (out / name).stat().st_size > 1000 or name == "trials.csv"
     assert len((out / "trials.csv").read_text().strip().splitlines()) == 1 + 4
+
+
+def assert_dashboard_serves(url: str, study_name: str) -> None:
+    """`shiftsweep dashboard` answers on 127.0.0.1 and lists the study."""
+    import urllib.request
+
+    from study.launch import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "study.cli", "dashboard", "--storage", url,
+                             "--port", str(port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    try:
+        deadline, body = time.time() + 60, None
+        while time.time() < deadline and body is None:
+            time.sleep(0.5)
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as r:
+                    body = json.loads(r.read())
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+        assert body is not None, "the dashboard did not answer"
+        assert study_name in [s["study_name"] for s in body["study_summaries"]]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 @pytest.mark.slow
@@ -200,3 +235,28 @@ def test_a_study_refuses_a_different_space(tmp_path):
     with pytest.raises(UserError, match="different search space"):
         open_sweep(store, "s", load_space(changed), 4)
     open_sweep(store, "s", load_space("smoke"), 8)  # only the trial count changed: fine
+
+
+def test_interrupted_trials_are_queued_again_and_not_counted():
+    from optuna.distributions import FloatDistribution
+
+    from study import sweep
+
+    store = storage.open_storage()
+    study = sweep.open_sweep(store, "s", load_space("smoke"), 3)
+    dist = {"lr": FloatDistribution(1e-4, 1e-2, log=True)}
+    study.add_trial(optuna.trial.create_trial(params={"lr": 1e-3}, distributions=dist, value=0.1))
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.FAIL, params={"lr": 2e-3}, distributions=dist,
+        user_attrs={"fail_reason": "interrupted"}))
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.FAIL, params={"lr": 3e-3}, distributions=dist,
+        user_attrs={"fail_reason": "ValueError: nan"}))
+    before = sweep.counts(study)
+    assert (before.complete, before.failed, before.done) == (1, 2, 3) and before.finished
+    assert sweep.requeue_interrupted(study) == 1
+    assert sweep.requeue_interrupted(study) == 0  # only once
+    after = sweep.counts(study)
+    assert (after.complete, after.failed, after.waiting) == (1, 1, 1) and not after.finished
+    waiting = [t for t in study.get_trials() if t.state == TrialState.WAITING]
+    assert waiting[0].params == {"lr": 2e-3} and waiting[0].system_attrs["failed_trial"] == 1
