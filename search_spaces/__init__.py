@@ -155,6 +155,21 @@ class SearchSpace:
         """The trial config of one point: the fixed settings plus the sampled values."""
         return TrialConfig.from_dict({**self.fixed, **params}, source=f"{self.source}")
 
+    def corners(self) -> list[TrialConfig]:
+        """The configs at the low and the high end of every dimension (first and last value
+        of a categorical one): what a sweep checks before it starts."""
+        configs = []
+        for end in (0, -1):
+            point = {}
+            for n, d in self.dimensions.items():
+                if d.type == "categorical":
+                    point[n] = d.values[end]
+                else:
+                    value = d.low if end == 0 else d.high
+                    point[n] = int(value) if d.type == "int" else float(value)
+            configs.append(self.config(point))
+        return configs
+
     # --- identity and storage -----------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description,
@@ -359,12 +374,7 @@ def _parse(data: dict[str, Any], name: str, source: str) -> SearchSpace:
                         sampler=sampler, n_trials=n_trials, objective=list(objective),
                         boundary_level=None if level is None else float(level),
                         description=description.strip())
-    # The fixed settings and both corners of the space must make valid trial configs.
-    for corner in ("low", "high"):
-        point = {n: (d.values[0] if d.type == "categorical" else
-                     (int(getattr(d, corner)) if d.type == "int" else float(getattr(d, corner))))
-                 for n, d in dims.items()}
-        space.config(point)
+    space.corners()  # the fixed settings and both corners must make valid trial configs
     return space
 
 

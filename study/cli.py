@@ -291,9 +291,11 @@ def cmd_sweep(args: argparse.Namespace, create: bool = True) -> int:
         space = load_space(args.space or DEFAULT_SPACE)
         if args.trials is not None and args.trials < 1:
             raise UserError(f"--trials {args.trials}: expected an integer >= 1")
-        config = space.config({n: (d.values[0] if d.type == "categorical" else d.low)
-                               for n, d in space.dimensions.items()})
-        _check_inputs(config)
+        for config in space.corners():
+            try:
+                _check_inputs(config)
+            except UserError as err:
+                raise UserError(f"{space.source}: {err}") from None
         name = args.study or space.name
         study = sweep.open_sweep(store, name, space, args.trials or space.n_trials)
     else:

@@ -260,3 +260,12 @@ def test_interrupted_trials_are_queued_again_and_not_counted():
     assert (after.complete, after.failed, after.waiting) == (1, 1, 1) and not after.finished
     waiting = [t for t in study.get_trials() if t.state == TrialState.WAITING]
     assert waiting[0].params == {"lr": 2e-3} and waiting[0].system_attrs["failed_trial"] == 1
+
+
+def test_a_space_asking_for_more_real_examples_than_the_pool_stops_before_launching(tmp_path):
+    space = tmp_path / "big.yaml"
+    space.write_text(SMOKE.read_text().replace("high: 8, log: true}", "high: 5000, log: true}"))
+    done = shiftsweep("sweep", "--space", str(space))
+    assert done.returncode == 2 and "--n-real 5000" in done.stderr and "train.jsonl" in done.stderr
+    assert str(space) in done.stderr
+    assert "worker(s) started" not in done.stderr
