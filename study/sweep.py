@@ -136,15 +136,19 @@ def _save_note(study: Any, space: Any) -> None:
 
 
 def save_boundary_plot(study: Any) -> None:
-    """Put the current boundary plot on the study's dashboard page."""
+    """Put the current boundary plot on the study's dashboard page (after every trial)."""
     try:
         from optuna_dashboard import save_plotly_graph_object
 
         from study.plots import surface_figure
     except ImportError:
         return
-    if counts(study).complete:
+    if not counts(study).complete:
+        return
+    try:
         save_plotly_graph_object(study, surface_figure(study), graph_object_id="boundary")
+    except Exception as err:  # a plot must never stop a sweep
+        say(f"the dashboard's boundary plot was not updated ({type(err).__name__}: {err})")
 
 
 def requeue_interrupted(study: Any) -> int:
@@ -291,6 +295,7 @@ class Progress:
             if t.state == TrialState.COMPLETE:
                 vals = ", ".join(f"{n} {v:+.4f}" for n, v in zip(objective, t.values, strict=False))
                 self._print(f"trial {t.number} complete: {point} -> {vals}", force=True)
+                save_boundary_plot(self.study)
             else:
                 self._print(f"trial {t.number} failed: {point}: "
                             f"{a.get('fail_reason', 'see its error.log')}", force=True)

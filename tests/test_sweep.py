@@ -269,3 +269,29 @@ def test_a_space_asking_for_more_real_examples_than_the_pool_stops_before_launch
     assert done.returncode == 2 and "--n-real 5000" in done.stderr and "train.jsonl" in done.stderr
     assert str(space) in done.stderr
     assert "worker(s) started" not in done.stderr
+
+
+@pytest.mark.slow
+def test_a_trial_spread_over_two_processes(tmp_path):
+    """GPUS_PER_TRIAL's path on CPU: the main process asks Optuna, the other follows (gloo DDP)."""
+    done = shiftsweep("sweep", "--space", "smoke", "--trials", "2", "--processes", "2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    complete = _complete(trials_of("smoke"))
+    assert len(complete) == 2
+    for t in complete:
+        result = json.loads((Path(t.user_attrs["trial_dir"]) / "result.json").read_text())
+        assert result["processes"] == 2 and result["status"] == "complete"
+
+
+@pytest.mark.gpu
+def test_one_worker_per_gpu_group():
+    import torch
+
+    if torch.cuda.device_count() < 1:
+        pytest.skip("needs a CUDA device")
+    gpus = ",".join(str(i) for i in range(torch.cuda.device_count()))
+    done = shiftsweep("sweep", "--space", "smoke", "--trials", "4", "--gpus", gpus)
+    assert done.returncode == 0, done.stderr[-3000:]
+    complete = _complete(trials_of("smoke"))
+    assert len(complete) >= 4
+    assert len({t.user_attrs["worker"] for t in complete}) == torch.cuda.device_count()
