@@ -82,7 +82,8 @@ def _parser() -> argparse.ArgumentParser:
 
     def worker_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument("--workers", type=int, default=None,
-                       help="workers on this machine (default 1, or one per GPU group)")
+                       help="workers on this machine (default 1, or one per GPU group; "
+                            "sweep --workers 0 only creates or updates the study)")
         p.add_argument("--gpus", default=None, help="GPU ids to use, e.g. 0,1,2,3")
         p.add_argument("--gpus-per-trial", type=int, default=1,
                        help="GPUs per trial: each worker is pinned to a group of this size")
@@ -284,6 +285,8 @@ def cmd_sweep(args: argparse.Namespace, create: bool = True) -> int:
     from study import sweep
 
     plans = sweep.plan_workers(args.workers, args.gpus, args.gpus_per_trial, args.processes)
+    if not plans and not create:
+        raise UserError("--workers 0: a worker command needs at least one worker")
     heartbeat = _heartbeat(args)
     url = storage.normalize_url(args.storage)
     store = storage.open_storage(url, heartbeat_s=heartbeat)
@@ -310,6 +313,10 @@ def cmd_sweep(args: argparse.Namespace, create: bool = True) -> int:
               f"done, {before.running} running; space {space.source}, sampler "
               f"{space.sampler['name']}, objective {' & '.join(space.objective)}")
     code = 0
+    if not plans:
+        sweep.say(f"--workers 0: study {name!r} is ready and no worker was started here; start "
+                  f"them with `make worker STUDY={name} STORAGE=...`")
+        return 0
     if not before.finished:
         mixed = space.fixed.get("mixed_precision", "no")
         bad = sweep.run_workers(study, name, url, plans, args.device, mixed, heartbeat,

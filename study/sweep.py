@@ -210,11 +210,11 @@ def plan_workers(workers: int | None, gpus: str | None, gpus_per_trial: int,
             raise UserError(f"--workers {workers}: --gpus {gpus} with --gpus-per-trial "
                             f"{gpus_per_trial} makes {len(groups)} workers")
         return [WorkerPlan(processes=gpus_per_trial, gpus=g) for g in groups]
-    if workers is not None and workers < 1:
-        raise UserError(f"--workers {workers}: expected an integer >= 1")
+    if workers is not None and workers < 0:
+        raise UserError(f"--workers {workers}: expected an integer >= 0")
     if processes < 1:
         raise UserError(f"--processes {processes}: expected an integer >= 1")
-    return [WorkerPlan(processes=processes, gpus=None) for _ in range(workers or 1)]
+    return [WorkerPlan(processes=processes, gpus=None) for _ in range(1 if workers is None else workers)]
 
 
 def launch_workers(study_name: str, storage_url: str, plans: list[WorkerPlan], device: str,

@@ -84,11 +84,11 @@ def private_storage(tmp_path, monkeypatch, request):
 def _postgres_bin() -> Path | None:
     import shutil
 
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))  # Debian's server
+    if versions:
+        return versions[-1].parent
     found = shutil.which("pg_ctl")
-    if found:
-        return Path(found).parent
-    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
-    return versions[-1].parent if versions else None
+    return Path(found).parent if found else None
 
 
 @pytest.fixture(scope="session")
@@ -108,23 +108,28 @@ def postgres_url(tmp_path_factory):
         if os.environ.get("SHIFTSWEEP_REQUIRE_POSTGRES") == "1":
             pytest.fail("PostgreSQL is not installed (apt-get install postgresql)")
         pytest.skip("PostgreSQL server not installed (CI installs it: apt-get install postgresql)")
-    data = tmp_path_factory.mktemp("pg") / "data"
+    import tempfile
+
+    # Not under pytest's tmp root: that is private to this user, and as root the server runs
+    # as the package's postgres user (initdb refuses root).
+    root = Path(tempfile.mkdtemp(prefix="shiftsweep-pg-"))
+    data = root / "data"
     data.mkdir()
     run_as: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses to run as root: use the package's postgres user
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres")
         shutil.chown(data, "postgres")
-        shutil.chown(data.parent, "postgres")
         run_as = ["runuser", "-u", "postgres", "--"]
     port = free_port()
-    subprocess.run([*run_as, str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U",
-                    "postgres"], check=True, capture_output=True)
-    subprocess.run([*run_as, str(bin_dir / "pg_ctl"), "-D", str(data), "-w", "-l",
-                    str(data / "server.log"), "-o",
-                    f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start"],
-                   check=True, capture_output=True)
+    for cmd in ([str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+                [str(bin_dir / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "server.log"),
+                 "-o", f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start"]):
+        done = subprocess.run([*run_as, *cmd], capture_output=True, text=True)
+        assert done.returncode == 0, f"{cmd[0]} failed: {done.stdout[-1000:]} {done.stderr[-1000:]}"
     url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
     try:
         yield url
     finally:
         subprocess.run([*run_as, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
                        capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
