@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["artifacts_dir", "cache_dir", "default_url", "home", "models_dir", "open_storage",
+__all__ = ["artifacts_dir", "cache_dir", "default_url", "home", "models_dir", "open_storage", "redact",
            "trials_dir"]
 
 HEARTBEAT_S = 10  # a running trial writes a heartbeat this often ...
@@ -117,14 +117,14 @@ def open_storage(url: str | None = None, heartbeat_s: int = HEARTBEAT_S) -> Any:
                           heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
                               max_retry=2))
     except ModuleNotFoundError as err:
-        raise UserError(f"--storage {_redact(url)}: its database driver is not installed "
+        raise UserError(f"--storage {redact(url)}: its database driver is not installed "
                         f"({err.name}); for MySQL run `pip install pymysql`") from None
     except Exception as err:  # unreachable server, bad credentials, bad path
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"--storage {_redact(url)}: cannot open it ({first})") from None
+        raise UserError(f"--storage {redact(url)}: cannot open it ({first})") from None
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
     """The URL without its password, for messages."""
     head, sep, tail = url.partition("://")
     if sep and "@" in tail:

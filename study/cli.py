@@ -309,7 +309,7 @@ def cmd_sweep(args: argparse.Namespace, create: bool = True) -> int:
         sweep.say(f"{requeued} interrupted trial(s) queued again")
     sweep.wait_for_stale(study, heartbeat * storage.GRACE_FACTOR, sweep.say)
     before = sweep.counts(study)
-    sweep.say(f"study {name!r} in {storage._redact(url)}: {before.done}/{before.target} trials "
+    sweep.say(f"study {name!r} in {storage.redact(url)}: {before.done}/{before.target} trials "
               f"done, {before.running} running; space {space.source}, sampler "
               f"{space.sampler['name']}, objective {' & '.join(space.objective)}")
     code = 0
@@ -360,7 +360,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     storage.open_storage(url)  # a clear error now rather than inside the dashboard
     cmd = dashboard_command(url, args.host, args.port, _artifacts(args))
     print(f"shiftsweep: optuna-dashboard on http://{args.host}:{args.port} "
-          f"(storage {storage._redact(url)})", file=sys.stderr)
+          f"(storage {storage.redact(url)})", file=sys.stderr)
     return subprocess.call(cmd)
 
 
