@@ -301,3 +301,24 @@ def test_one_worker_per_gpu_group():
     complete = _complete(trials_of("smoke"))
     assert len(complete) >= 4
     assert len({t.user_attrs["worker"] for t in complete}) == torch.cuda.device_count()
+
+
+@pytest.mark.gpu
+def test_bf16_sweep_on_a_gpu(tmp_path):
+    """The CUDA + bf16 path: each trial is launched with bf16 and records where it ran."""
+    import math
+
+    import torch
+
+    if not torch.cuda.is_available() or not torch.cuda.is_bf16_supported():
+        pytest.skip("needs a CUDA device with bf16")
+    space = smoke_space(tmp_path, "smoke-bf16", mixed_precision="bf16")
+    done = shiftsweep("sweep", "--space", str(space), "--trials", "3", "--gpus", "0")
+    assert done.returncode == 0, done.stderr[-3000:]
+    complete = _complete(trials_of("smoke-bf16"))
+    assert len(complete) == 3
+    for t in complete:
+        result = json.loads((Path(t.user_attrs["trial_dir"]) / "result.json").read_text())
+        assert result["config"]["mixed_precision"] == "bf16"
+        assert "cpu" not in result["provenance"]["device"]
+        assert math.isfinite(t.value)
