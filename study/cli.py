@@ -84,7 +84,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--workers", type=int, default=None,
                        help="workers on this machine (default 1, or one per GPU group; "
                             "sweep --workers 0 only creates or updates the study)")
-        p.add_argument("--gpus", default=None, help="GPU ids to use, e.g. 0,1,2,3")
+        p.add_argument("--gpus", default=None,
+                       help="GPUs to use, one worker per group: indices as torch numbers them "
+                            "(within CUDA_VISIBLE_DEVICES), e.g. 0,1,2,3, or GPU-/MIG- UUIDs")
         p.add_argument("--gpus-per-trial", type=int, default=1,
                        help="GPUs per trial: each worker is pinned to a group of this size")
         p.add_argument("--processes", type=int, default=1,
@@ -284,6 +286,10 @@ def cmd_sweep(args: argparse.Namespace, create: bool = True) -> int:
     from search_spaces import DEFAULT_SPACE, load_space
     from study import sweep
 
+    if args.gpus and args.device == "cpu":
+        raise UserError(f"--gpus {args.gpus} with --device cpu: choose one")
+    if args.device == "cuda" and not args.gpus and not sweep.visible_gpus():
+        raise UserError("--device cuda: this machine shows no CUDA device to torch")
     plans = sweep.plan_workers(args.workers, args.gpus, args.gpus_per_trial, args.processes)
     if not plans and not create:
         raise UserError("--workers 0: a worker command needs at least one worker")

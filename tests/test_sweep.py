@@ -322,3 +322,44 @@ def test_bf16_sweep_on_a_gpu(tmp_path):
         assert result["config"]["mixed_precision"] == "bf16"
         assert "cpu" not in result["provenance"]["device"]
         assert math.isfinite(t.value)
+
+
+def test_gpu_ids_map_to_what_this_machine_shows(monkeypatch):
+    from objectives.errors import UserError
+    from study.sweep import plan_workers, visible_gpus
+
+    # Under a scheduler's CUDA_VISIBLE_DEVICES=2,3, "--gpus 0,1" must pin physical 2 and 3.
+    plans = plan_workers(None, "0,1", 1, 1, visible=["2", "3"])
+    assert [p.gpus for p in plans] == [["2"], ["3"]]
+    pairs = plan_workers(None, "1,0,GPU-abc,MIG-x", 2, 1, visible=["4", "5"])
+    assert [p.gpus for p in pairs] == [["5", "4"], ["GPU-abc", "MIG-x"]]
+    assert all(p.processes == 2 for p in pairs)
+    with pytest.raises(UserError, match=r"--gpus 0,2: '2' is not a GPU here; expected indices 0\.\.1"):
+        plan_workers(None, "0,2", 1, 1, visible=["0", "1"])
+    with pytest.raises(UserError, match="--gpus a: 'a' is not a GPU here"):
+        plan_workers(None, "a", 1, 1, visible=["0"])
+    with pytest.raises(UserError, match="--gpus 0: this machine shows no CUDA device"):
+        plan_workers(None, "0", 1, 1, visible=[])
+
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-a,GPU-b,GPU-c")
+    assert visible_gpus() == ["GPU-a", "GPU-b"]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert visible_gpus() == ["0", "1"]
+
+
+def test_asking_for_gpus_a_machine_lacks_is_an_error_before_anything_runs():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    done = shiftsweep("sweep", "--space", "smoke", "--gpus", "0")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "--gpus 0: this machine shows no CUDA device" in done.stderr
+    cuda = shiftsweep("sweep", "--space", "smoke", "--device", "cuda")
+    assert cuda.returncode == 2 and "--device cuda: this machine shows no CUDA device" in cuda.stderr
+    both = shiftsweep("sweep", "--space", "smoke", "--gpus", "0", "--device", "cpu")
+    assert both.returncode == 2 and "choose one" in both.stderr
+    assert "smoke" not in optuna.get_all_study_names(storage.open_storage())  # nothing started
