@@ -18,6 +18,7 @@ import argparse
 import json
 import math
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -166,8 +167,9 @@ def _check_inputs(config: TrialConfig) -> None:
 
 def cmd_trial(args: argparse.Namespace) -> int:
     import storage
-    from study.launch import launch_command
+    from study.launch import check_device, launch_command
 
+    check_device(args.device)
     if args.processes < 1:
         raise UserError(f"--processes {args.processes}: expected an integer >= 1")
     configs = [_config(args, seed) for seed in args.seed]
@@ -285,11 +287,13 @@ def cmd_sweep(args: argparse.Namespace, create: bool = True) -> int:
     import storage
     from search_spaces import DEFAULT_SPACE, load_space
     from study import sweep
+    from study.launch import check_device
 
     if args.gpus and args.device == "cpu":
         raise UserError(f"--gpus {args.gpus} with --device cpu: choose one")
-    if args.device == "cuda" and not args.gpus and not sweep.visible_gpus():
-        raise UserError("--device cuda: this machine shows no CUDA device to torch")
+    if args.gpus_per_trial != 1 and not args.gpus:
+        raise UserError(f"--gpus-per-trial {args.gpus_per_trial}: needs --gpus")
+    check_device(args.device)
     plans = sweep.plan_workers(args.workers, args.gpus, args.gpus_per_trial, args.processes)
     if not plans and not create:
         raise UserError("--workers 0: a worker command needs at least one worker")
@@ -362,6 +366,15 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     import storage
     from study.sweep import dashboard_command
 
+    if not 1 <= args.port <= 65535:
+        raise UserError(f"--port {args.port}: expected a TCP port 1-65535")
+    with socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will
+        try:
+            sock.bind((args.host, args.port))
+        except OSError as err:
+            raise UserError(f"--host {args.host} --port {args.port}: cannot serve there "
+                            f"({err.strerror or err}); choose another with PORT=... or HOST=...") from None
     url = storage.normalize_url(args.storage)
     storage.open_storage(url)  # a clear error now rather than inside the dashboard
     cmd = dashboard_command(url, args.host, args.port, _artifacts(args))

@@ -21,6 +21,14 @@ def has_gpu() -> bool:
     return torch.cuda.is_available()
 
 
+def check_device(device: str) -> None:
+    """``--device cuda`` on a machine without one would quietly train on the CPU instead."""
+    if device == "cuda" and not has_gpu():
+        from objectives.errors import UserError
+
+        raise UserError("--device cuda: this machine shows no CUDA device to torch")
+
+
 def launch_command(module: str, args: list[str], processes: int = 1, device: str = "auto",
                    mixed_precision: str = "no", port: int | None = None
                    ) -> tuple[list[str], dict[str, str]]:
@@ -30,6 +38,7 @@ def launch_command(module: str, args: list[str], processes: int = 1, device: str
     with ``--multi_gpu``): ``--cpu --num_processes N`` would start one process, and
     ``--multi_gpu`` without ``ACCELERATE_USE_CPU`` would start N unsynchronised copies.
     """
+    check_device(device)
     if device == "auto":
         device = "cuda" if has_gpu() else "cpu"
     env = dict(os.environ)

@@ -363,3 +363,21 @@ def test_asking_for_gpus_a_machine_lacks_is_an_error_before_anything_runs():
     both = shiftsweep("sweep", "--space", "smoke", "--gpus", "0", "--device", "cpu")
     assert both.returncode == 2 and "choose one" in both.stderr
     assert "smoke" not in optuna.get_all_study_names(storage.open_storage())  # nothing started
+    trial = shiftsweep("trial", "--n-real", "2", "--dream-multiplier", "1", "--lr", "1e-3",
+                       "--batch-size", "2", "--device", "cuda")
+    assert trial.returncode == 2 and "--device cuda: this machine shows no CUDA device" in trial.stderr
+    assert not (Path(os.environ["SHIFTSWEEP_HOME"]) / "trials").exists()  # no trial folder left
+
+
+def test_dashboard_refuses_a_port_it_cannot_serve():
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        taken = shiftsweep("dashboard", "--port", str(port))
+    assert taken.returncode == 2 and "Traceback" not in taken.stderr
+    assert f"--port {port}: cannot serve there" in taken.stderr
+    wrong = shiftsweep("dashboard", "--port", "99999")
+    assert wrong.returncode == 2 and "--port 99999: expected a TCP port" in wrong.stderr
