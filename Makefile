@@ -98,5 +98,6 @@ trial: install
 behavior: install
 	$(BIN)/shiftsweep behavior listening
 
+# Caches only: studies, trial folders and artifacts are results and are never removed here.
 clean:
-	rm -rf storage/cache storage/trials storage/artifacts .pytest_cache .ruff_cache
+	rm -rf storage/cache .pytest_cache .ruff_cache
