@@ -101,6 +101,7 @@ def run_job(session: Any, job: dict[str, Any], index: int, label: str, startup_s
             (out / "error.log").parent.mkdir(parents=True, exist_ok=True)
             (out / "error.log").write_text(traceback.format_exc())
             say(f"trial {label} failed: {reason}")
+        _release_memory()  # after an out-of-memory trial, the next one starts from a clean pool
     record["seed"] = record["config"].get("seed") if isinstance(record["config"], dict) else None
     record["worker"] = {"startup_s": startup_s, "trial_index": index,
                         "wall_s": time.time() - started}
@@ -110,6 +111,16 @@ def run_job(session: Any, job: dict[str, Any], index: int, label: str, startup_s
         write_json(out / "result.json", {k: v for k, v in record.items() if k != "log"})
         (out / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in steps))
     return record
+
+
+def _release_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def run_jobs(jobs: list[dict[str, Any]]) -> int:
