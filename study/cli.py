@@ -291,6 +291,9 @@ def cmd_sweep(args: argparse.Namespace, create: bool = True) -> int:
 
     if args.gpus and args.device == "cpu":
         raise UserError(f"--gpus {args.gpus} with --device cpu: choose one")
+    if args.gpus and args.processes != 1:
+        raise UserError(f"--processes {args.processes} with --gpus: a trial's processes are its "
+                        f"GPUs; use --gpus-per-trial")
     if args.gpus_per_trial != 1 and not args.gpus:
         raise UserError(f"--gpus-per-trial {args.gpus_per_trial}: needs --gpus")
     check_device(args.device)

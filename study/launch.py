@@ -21,6 +21,21 @@ def has_gpu() -> bool:
     return torch.cuda.is_available()
 
 
+def visible_gpus() -> list[str]:
+    """The GPUs this process sees, as ``CUDA_VISIBLE_DEVICES`` entries a child can be given.
+
+    Under a scheduler that sets ``CUDA_VISIBLE_DEVICES=2,3`` (Slurm, say), GPU 0 here is
+    physical GPU 2: a worker pinned to "0" must get "2".
+    """
+    import torch
+
+    count = torch.cuda.device_count()
+    parent = [g.strip() for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        return parent[:count]
+    return [str(i) for i in range(count)]
+
+
 def check_device(device: str) -> None:
     """``--device cuda`` on a machine without one would quietly train on the CPU instead."""
     if device == "cuda" and not has_gpu():

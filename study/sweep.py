@@ -195,27 +195,12 @@ class WorkerPlan:
     gpus: list[str] | None  # CUDA_VISIBLE_DEVICES for this worker, None on CPU
 
 
-def visible_gpus() -> list[str]:
-    """The GPUs this process sees, as ``CUDA_VISIBLE_DEVICES`` entries a child can be given.
-
-    Under a scheduler that sets ``CUDA_VISIBLE_DEVICES=2,3`` (Slurm, say), GPU 0 here is
-    physical GPU 2: a worker pinned to "0" must get "2".
-    """
-    import torch
-
-    count = torch.cuda.device_count()
-    parent = [g.strip() for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
-    if "CUDA_VISIBLE_DEVICES" in os.environ:
-        return parent[:count]
-    return [str(i) for i in range(count)]
-
-
 def plan_workers(workers: int | None, gpus: str | None, gpus_per_trial: int,
                  processes: int, visible: list[str] | None = None) -> list[WorkerPlan]:
     """One worker per GPU group, or ``workers`` CPU workers of ``processes`` processes each.
 
     ``--gpus`` ids are indices among the visible GPUs (``visible``, default
-    :func:`visible_gpus`) or GPU-/MIG- UUIDs; each worker gets the entries to pin.
+    :func:`study.launch.visible_gpus`) or GPU-/MIG- UUIDs; each worker gets the entries to pin.
     """
     if gpus:
         ids = [g.strip() for g in gpus.split(",") if g.strip()]
@@ -224,7 +209,10 @@ def plan_workers(workers: int | None, gpus: str | None, gpus_per_trial: int,
         if gpus_per_trial < 1 or len(ids) % gpus_per_trial:
             raise UserError(f"--gpus-per-trial {gpus_per_trial}: expected a divisor of the "
                             f"{len(ids)} GPUs in --gpus {gpus}")
-        visible = visible_gpus() if visible is None else visible
+        if visible is None:
+            from study.launch import visible_gpus
+
+            visible = visible_gpus()
         if not visible:
             raise UserError(f"--gpus {gpus}: this machine shows no CUDA device to torch; leave "
                             f"--gpus out to sweep on the CPU")

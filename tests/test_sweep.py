@@ -326,7 +326,8 @@ def test_bf16_sweep_on_a_gpu(tmp_path):
 
 def test_gpu_ids_map_to_what_this_machine_shows(monkeypatch):
     from objectives.errors import UserError
-    from study.sweep import plan_workers, visible_gpus
+    from study.launch import visible_gpus
+    from study.sweep import plan_workers
 
     # Under a scheduler's CUDA_VISIBLE_DEVICES=2,3, "--gpus 0,1" must pin physical 2 and 3.
     plans = plan_workers(None, "0,1", 1, 1, visible=["2", "3"])
@@ -362,6 +363,8 @@ def test_asking_for_gpus_a_machine_lacks_is_an_error_before_anything_runs():
     assert cuda.returncode == 2 and "--device cuda: this machine shows no CUDA device" in cuda.stderr
     both = shiftsweep("sweep", "--space", "smoke", "--gpus", "0", "--device", "cpu")
     assert both.returncode == 2 and "choose one" in both.stderr
+    procs = shiftsweep("sweep", "--space", "smoke", "--gpus", "0", "--processes", "2")
+    assert procs.returncode == 2 and "use --gpus-per-trial" in procs.stderr
     assert "smoke" not in optuna.get_all_study_names(storage.open_storage())  # nothing started
     trial = shiftsweep("trial", "--n-real", "2", "--dream-multiplier", "1", "--lr", "1e-3",
                        "--batch-size", "2", "--device", "cuda")
