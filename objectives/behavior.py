@@ -5,7 +5,17 @@ A behavior folder holds
 - ``probes.jsonl``: held-out scenarios in the same form (no probe's scenario may be in train);
 - ``control.jsonl``: general ``{"text"}`` rows, for forgetting;
 - ``behavior.yaml``: ``name``, ``description``, ``chosen`` and ``rejected`` (what each side
-  means), and an optional ``dream`` section that the template strategy draws on.
+  means), and an optional ``dream`` section that the template strategy draws on;
+
+and optionally
+- ``contrast.jsonl``: contrast probes, pairs like the probes whose directions ask for what the
+  old behavior's style does (``contrast_shift``);
+- ``placebo.jsonl``: behavior-neutral ``{"prompt", "completion"}`` rows (``train_on: placebo``);
+- ``dreams.jsonl``: variations written ahead of time, ``{"source": <train id>, "prompt",
+  "chosen", "rejected"}`` rows (``dream_strategy: file``).
+
+Every pair row has an ``id`` (its ``scenario`` or ``<file>-<line>`` when absent), unique in
+its file.
 
 ``prompt`` is a string (one user turn) or a list of ``{"role", "content"}`` messages that
 ends with a user turn. Rows may carry extra fields (``scenario``, ``domain``, ...); they are
@@ -28,10 +38,10 @@ from objectives.errors import UserError
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "behaviors"
 FILES = ("behavior.yaml", "train.jsonl", "probes.jsonl", "control.jsonl")
+OPTIONAL_FILES = ("contrast.jsonl", "placebo.jsonl", "dreams.jsonl")
 ROLES = ("system", "user", "assistant")
 YAML_KEYS = {"name", "description", "chosen", "rejected", "dream"}
-DREAM_KEYS = {"swaps", "chosen_openers", "rejected_openers", "prompt_prefixes",
-              "prompt_suffixes"}
+DREAM_KEYS = {"swaps", "prompt_prefixes", "prompt_suffixes"}
 # Two prompts whose word 5-gram sets overlap this much are the same scenario.
 LEAK_JACCARD = 0.5
 
@@ -51,7 +61,10 @@ class Behavior:
     probes: datasets.Dataset
     control: datasets.Dataset  # columns: text, line
     dream: dict[str, Any] = field(default_factory=dict)
-    fingerprint: str = ""  # sha256 of the four files: keys caches of base-model scores
+    fingerprint: str = ""  # sha256 of the files: keys caches of base-model scores
+    contrast: datasets.Dataset | None = None  # like probes
+    placebo: datasets.Dataset | None = None  # columns: id, prompt (messages), completion, line
+    dreams: datasets.Dataset | None = None  # like train, plus source (a train id)
 
     def train_rows(self) -> list[dict[str, Any]]:
         return self.train.to_list()
@@ -61,6 +74,15 @@ class Behavior:
 
     def control_texts(self) -> list[str]:
         return list(self.control["text"])
+
+    def contrast_rows(self) -> list[dict[str, Any]]:
+        return self.contrast.to_list() if self.contrast is not None else []
+
+    def placebo_rows(self) -> list[dict[str, Any]]:
+        return self.placebo.to_list() if self.placebo is not None else []
+
+    def dream_rows(self) -> list[dict[str, Any]]:
+        return self.dreams.to_list() if self.dreams is not None else []
 
 
 def builtin_behaviors() -> list[str]:
@@ -88,15 +110,37 @@ def load_behavior(spec: str) -> Behavior:
     train = _load_pairs(folder / "train.jsonl")
     probes = _load_pairs(folder / "probes.jsonl")
     control = _load_control(folder / "control.jsonl")
-    _check_leaks(folder, train, probes)
+    _check_leaks(folder, train, probes, "probes.jsonl")
+    contrast = placebo = dreams = None
+    if (folder / "contrast.jsonl").is_file():
+        contrast = _load_pairs(folder / "contrast.jsonl")
+        _check_leaks(folder, train, contrast, "contrast.jsonl")
+    if (folder / "placebo.jsonl").is_file():
+        placebo = _load_placebo(folder / "placebo.jsonl")
+        _check_held_out(folder / "placebo.jsonl", placebo, probes, contrast)
+    if (folder / "dreams.jsonl").is_file():
+        dreams = _load_pairs(folder / "dreams.jsonl", sourced=True)
+        ids = {row["id"]: row for row in train}
+        for row in dreams:
+            if row["source"] not in ids:
+                raise UserError(f"{folder / 'dreams.jsonl'}:{row['line']}: field 'source' "
+                                f"{row['source']!r} is not an id in {folder / 'train.jsonl'}")
+            row["scenario"] = ids[row["source"]]["scenario"]  # a variation of its source
+        _check_held_out(folder / "dreams.jsonl", dreams, probes, contrast)
     digest = hashlib.sha256()
-    for name in FILES:
-        digest.update((folder / name).read_bytes())
+    for name in FILES + OPTIONAL_FILES:
+        if (folder / name).is_file():
+            digest.update(name.encode() + (folder / name).read_bytes())
+
+    def table(rows: list[dict[str, Any]] | None) -> datasets.Dataset | None:
+        return None if rows is None else datasets.Dataset.from_list(rows)
+
     return Behavior(
         name=meta["name"], description=meta["description"], chosen_means=meta["chosen"],
         rejected_means=meta["rejected"], folder=folder, dream=meta.get("dream") or {},
         train=datasets.Dataset.from_list(train), probes=datasets.Dataset.from_list(probes),
         control=datasets.Dataset.from_list(control), fingerprint=digest.hexdigest(),
+        contrast=table(contrast), placebo=table(placebo), dreams=table(dreams),
     )
 
 
@@ -195,8 +239,9 @@ def _messages(path: Path, number: int, row: dict[str, Any]) -> Messages:
     return messages
 
 
-def _load_pairs(path: Path) -> list[dict[str, Any]]:
-    rows, seen = [], {}
+def _load_pairs(path: Path, sourced: bool = False) -> list[dict[str, Any]]:
+    """Preference pairs; with ``sourced`` (dreams.jsonl) every row names its ``source``."""
+    rows, seen, ids = [], {}, {}
     for number, raw in _read_jsonl(path):
         messages = _messages(path, number, raw)
         chosen = _text_field(path, number, raw, "chosen")
@@ -207,12 +252,59 @@ def _load_pairs(path: Path) -> list[dict[str, Any]]:
         if key in seen:
             raise UserError(f"{path}:{number}: duplicate row (its prompt repeats line {seen[key]})")
         seen[key] = number
-        rows.append({
+        row_id = _row_id(path, number, raw, ids)
+        row = {
             "prompt": messages, "chosen": chosen, "rejected": rejected, "line": number,
-            "scenario": str(raw.get("scenario", f"{path.stem}-{number}")),
+            "id": row_id, "scenario": str(raw.get("scenario", row_id)),
             "domain": str(raw.get("domain", "")),
-        })
+            "rejected_kind": str(raw.get("rejected_kind", "")),
+        }
+        if sourced:
+            row["source"] = _text_field(path, number, raw, "source")
+        rows.append(row)
     return rows
+
+
+def _row_id(path: Path, number: int, raw: dict[str, Any], ids: dict[str, int]) -> str:
+    """The row's stable id: its ``id``, else its ``scenario``, else ``<file>-<line>``."""
+    value = raw.get("id", raw.get("scenario", f"{path.stem}-{number}"))
+    if not isinstance(value, str | int) or isinstance(value, bool) or not str(value).strip():
+        raise UserError(f"{path}:{number}: field 'id' must be a non-empty string")
+    value = str(value)
+    if value in ids:
+        raise UserError(f"{path}:{number}: field 'id' {value!r} repeats line {ids[value]}")
+    ids[value] = number
+    return value
+
+
+def _load_placebo(path: Path) -> list[dict[str, Any]]:
+    """Behavior-neutral examples: a prompt and a plain completion, nothing to follow."""
+    rows, seen, ids = [], {}, {}
+    for number, raw in _read_jsonl(path):
+        messages = _messages(path, number, raw)
+        completion = _text_field(path, number, raw, "completion")
+        key = normalize(prompt_text(messages))
+        if key in seen:
+            raise UserError(f"{path}:{number}: duplicate row (its prompt repeats line {seen[key]})")
+        seen[key] = number
+        rows.append({"prompt": messages, "completion": completion, "line": number,
+                     "id": _row_id(path, number, raw, ids), "domain": str(raw.get("domain", ""))})
+    return rows
+
+
+def _check_held_out(path: Path, rows: list[dict[str, Any]], probes: list[dict[str, Any]],
+                    contrast: list[dict[str, Any]] | None) -> None:
+    """Rows that are trained on (variations, placebo) must not repeat a probe's scenario."""
+    held = probes + (contrast or [])
+    index = LeakIndex([prompt_text(p["prompt"]) for p in held])
+    scenarios = {p["scenario"] for p in held}
+    for row in rows:
+        hit = index.match(prompt_text(row["prompt"]))
+        if hit is not None or row.get("scenario") in scenarios:
+            probe = held[hit] if hit is not None else None
+            what = f"probe {probe['id']!r}" if probe else f"scenario {row.get('scenario')!r}"
+            raise UserError(f"{path}:{row['line']}: field 'prompt' repeats the held-out {what} "
+                            f"(probes must be held out)")
 
 
 def _load_control(path: Path) -> list[dict[str, Any]]:
@@ -227,12 +319,13 @@ def _load_control(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _check_leaks(folder: Path, train: list[dict[str, Any]], probes: list[dict[str, Any]]) -> None:
+def _check_leaks(folder: Path, train: list[dict[str, Any]], probes: list[dict[str, Any]],
+                 file: str) -> None:
     """No probe's scenario may appear in train: same scenario id or a near-identical prompt."""
     by_scenario = {row["scenario"]: row["line"] for row in train if row["scenario"]}
     index = LeakIndex([prompt_text(row["prompt"]) for row in train])
     for probe in probes:
-        where = f"{folder / 'probes.jsonl'}:{probe['line']}"
+        where = f"{folder / file}:{probe['line']}"
         if probe["scenario"] in by_scenario:
             raise UserError(f"{where}: field 'scenario' {probe['scenario']!r} also appears in "
                             f"{folder / 'train.jsonl'}:{by_scenario[probe['scenario']]} "
@@ -250,6 +343,12 @@ def prompt_text(messages: Messages) -> str:
 
 def normalize(text: str) -> str:
     return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
+
+
+def word_jaccard(a: str, b: str) -> float:
+    """|A & B| / |A | B| of the two texts' sets of (normalized) words."""
+    x, y = set(normalize(a).split()), set(normalize(b).split())
+    return len(x & y) / len(x | y) if x | y else 1.0
 
 
 def shingles(text: str, n: int = 5) -> set[tuple[str, ...]]:

@@ -15,7 +15,8 @@ from typing import Any, Literal
 
 from objectives.errors import UserError
 
-DreamStrategy = Literal["template", "model", "repeat"]
+DreamStrategy = Literal["template", "file", "model", "repeat"]
+TrainOn = Literal["chosen", "placebo", "rejected"]
 Finetune = Literal["lora", "full"]
 MixedPrecision = Literal["no", "bf16", "fp16"]
 LrSchedule = Literal["constant", "linear", "cosine"]
@@ -38,6 +39,10 @@ class TrialConfig:
     model: str = DEFAULT_MODEL  # "default", a local transformers folder, or a cached hub id
     dream_strategy: DreamStrategy = "template"  # "repeat" is the control at matched n_eff
     dream_model: str | None = None  # generator for dream_strategy "model"; None = the model
+    # What the completions are: the behavior ("chosen"), or a control at matched cost -
+    # "placebo" (behavior-neutral completions from placebo.jsonl, the same number of
+    # examples and steps) or "rejected" (the old behavior: its shift must come out negative).
+    train_on: TrainOn = "chosen"
     epochs: int = 1  # steps = epochs * ceil(n_eff / batch_size)
     seed: int = 0  # seeds the draw of real examples, variations, adapter init and data order
 
@@ -57,6 +62,9 @@ class TrialConfig:
     # --- how it is scored -------------------------------------------------------------------
     n_probes: int | None = None  # None: every probe; else the same fixed subset in every trial
     n_control: int | None = None  # None: every control text; else one fixed subset (forgetting)
+    n_contrast: int | None = None  # None: every contrast probe; else one fixed subset
+    gen_probes: int = 0  # gen_adoption on this many probes (a fixed subset); 0: off (it costs)
+    gen_max_new_tokens: int = 96  # length of the greedy answers gen_adoption judges
     n_train_scored: int = 32  # train_shift uses the first this-many of the real examples drawn
     score_batch_size: int = 16
     dream_temperature: float = 0.9  # sampling temperature of the "model" dream strategy
@@ -74,6 +82,10 @@ class TrialConfig:
              "an integer >= 1, or null for every probe")
         need(self.n_control is None or self.n_control >= 1, "n_control",
              "an integer >= 1, or null for every control text")
+        need(self.n_contrast is None or self.n_contrast >= 1, "n_contrast",
+             "an integer >= 1, or null for every contrast probe")
+        need(self.gen_probes >= 0, "gen_probes", "an integer >= 0 (0: no generation check)")
+        need(self.gen_max_new_tokens >= 1, "gen_max_new_tokens", "an integer >= 1")
         need(self.n_train_scored >= 1, "n_train_scored", "an integer >= 1")
         need(self.warmup_steps >= 0, "warmup_steps", "an integer >= 0")
         need(self.max_length >= 16, "max_length", "an integer >= 16")

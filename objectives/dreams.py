@@ -3,26 +3,36 @@
 Strategies
 - ``template``: deterministic from the seed. Swaps interchangeable terms (names, places,
   weekdays, tools, the phrasing of a direction; built-in groups plus the behavior's
-  ``dream.swaps``) consistently in prompt and both responses, varies contractions, openers
-  of both responses, the framing of the request and its sentence order. The behavior (which
-  side follows the direction) is untouched.
+  ``dream.swaps``) consistently in prompt and both responses, varies contractions, the
+  framing of the request and its sentence order. It adds nothing to the answers (an added
+  stock opener would be a style only the variations have). The behavior (which side follows
+  the direction) is untouched. These are near-copies: ``dream_overlap`` says how near.
+- ``file``: variations written ahead of time (by hand, or by a stronger model run elsewhere)
+  in the behavior's ``dreams.jsonl``; real examples are drawn from the sources that have
+  variations, and each contributes m-1 of its own (a seeded, nested pick).
 - ``model``: a generator model (the trained model's base by default) paraphrases the last user
-  turn and both responses by sampling: the real dream loop.
+  turn and both responses by sampling: the real dream loop. Accepted variations are cached on
+  disk per (generator fingerprint, source row, seed, settings), so a sweep generates each once.
 - ``repeat``: m exact copies, the control for "more steps on the same data".
 
 ``template`` and ``model`` variations are de-duplicated (against each other and every real
-example) and never reproduce a probe's scenario.
+example) and never reproduce a probe's scenario (``file`` variations are checked when the
+behavior loads).
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
+import os
 import random
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from objectives.behavior import LeakIndex, normalize, prompt_text
+from objectives.behavior import LeakIndex, normalize, prompt_text, word_jaccard
 from objectives.errors import UserError
 
 Row = dict[str, Any]
@@ -46,9 +56,6 @@ CONTRACTIONS: list[list[str]] = [
     ["That's", "That is"], ["won't", "will not"], ["can't", "cannot"], ["isn't", "is not"],
     ["we'll", "we will"], ["We'll", "We will"], ["you'll", "you will"], ["let's", "let us"],
 ]
-CHOSEN_OPENERS = ["", "Sure.", "Okay.", "Got it.", "Right.", "Done.", "On it."]
-REJECTED_OPENERS = ["", "Happy to help!", "Great question!", "Sure thing!", "Of course!",
-                    "Absolutely, happy to help."]
 PROMPT_PREFIXES = ["", "Quick one: ", "Hi! ", "Hey, ", "Okay, ", "So, "]
 PROMPT_SUFFIXES = ["", " Thanks.", " Thanks!", " Thank you.", " Cheers."]
 
@@ -63,11 +70,78 @@ def select_real(pool: list[Row], n_real: int, seed: int) -> list[Row]:
     return [pool[i] for i in order[:n_real]]
 
 
+def file_sources(pool: list[Row], written: list[Row]) -> list[Row]:
+    """The train rows that have variations in dreams.jsonl, in train order."""
+    have = {row["source"] for row in written}
+    return [row for row in pool if row["id"] in have]
+
+
+def file_variations(real: list[Row], multiplier: int, seed: int, written: list[Row]) -> list[Row]:
+    """m-1 written variations of each real row: the first of a seeded shuffle of its own, so
+    a larger m contains a smaller one."""
+    by_source: dict[str, list[Row]] = {}
+    for row in written:
+        by_source.setdefault(row["source"], []).append(row)
+    out: list[Row] = []
+    for i, row in enumerate(real):
+        mine = sorted(by_source.get(row["id"], []), key=lambda r: r["id"])
+        if len(mine) < multiplier - 1:
+            raise UserError(f"dream_multiplier {multiplier}: dreams.jsonl has {len(mine)} "
+                            f"variations of train id {row['id']!r} (needs {multiplier - 1}); "
+                            f"lower --dream-multiplier or write more variations")
+        random.Random(f"file:{seed}:{row['id']}").shuffle(mine)
+        out += [dict(v, origin=i, kind="variation") for v in mine[:multiplier - 1]]
+    return out
+
+
+def dream_overlap(rows: list[Row]) -> float | None:
+    """Mean word Jaccard of each variation's (or copy's) chosen answer with its source's:
+    1.0 for repeat, near 1 for near-copies; None when the set has no variations."""
+    sources = {r["origin"]: r for r in rows if r["kind"] == "real"}
+    values = [word_jaccard(r["chosen"], sources[r["origin"]]["chosen"]) for r in rows
+              if r["kind"] != "real"]
+    return sum(values) / len(values) if values else None
+
+
+class DreamCache:
+    """Accepted ``model`` variations on disk, one file per (generator, source row, seed, settings).
+
+    A trial that needs m-1 variations of a row takes the first m-1 cached ones and generates
+    only the rest; ``generated`` and ``reused`` count what this trial did.
+    """
+
+    def __init__(self, root: Path, generator: str, seed: int, settings: str) -> None:
+        self.root, self.generator, self.seed, self.settings = root, generator, seed, settings
+        self.generated = 0
+        self.reused = 0
+
+    def _path(self, row: Row) -> Path:
+        key = hashlib.sha256(json.dumps([self.generator, self.seed, self.settings,
+                                         _key(row)]).encode()).hexdigest()[:24]
+        return self.root / f"{key}.json"
+
+    def load(self, row: Row) -> list[Row]:
+        try:
+            data = json.loads(self._path(row).read_text())
+        except (OSError, json.JSONDecodeError):
+            return []
+        return data if isinstance(data, list) else []
+
+    def save(self, row: Row, variations: list[Row]) -> None:
+        path = self._path(row)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(variations))
+        os.replace(tmp, path)
+
+
 def make_training_set(real: list[Row], multiplier: int, strategy: str, seed: int,
                       probes: list[Row], dream_config: dict[str, Any] | None = None,
-                      paraphrase: Paraphraser | None = None) -> list[Row]:
+                      paraphrase: Paraphraser | None = None, written: list[Row] | None = None,
+                      cache: DreamCache | None = None) -> list[Row]:
     """The n_real * m rows a trial trains on. Each has ``origin`` (index into ``real``) and
-    ``kind`` ("real", "variation" or "copy")."""
+    ``kind`` ("real", "variation" or "copy"). ``written``: dreams.jsonl rows (strategy file);
+    ``cache``: where model variations are kept (strategy model)."""
     out = [dict(row, origin=i, kind="real") for i, row in enumerate(real)]
     if multiplier == 1:
         return out
@@ -75,6 +149,10 @@ def make_training_set(real: list[Row], multiplier: int, strategy: str, seed: int
         for i, row in enumerate(real):
             out += [dict(row, origin=i, kind="copy") for _ in range(multiplier - 1)]
         return out
+    if strategy == "file":
+        if not written:
+            raise UserError("--dream-strategy file: the behavior has no dreams.jsonl")
+        return out + file_variations(real, multiplier, seed, written)
     guard = _Guard(real, probes)
     if strategy == "template":
         templater = Templater(dream_config or {})
@@ -96,8 +174,8 @@ def make_training_set(real: list[Row], multiplier: int, strategy: str, seed: int
     if strategy == "model":
         if paraphrase is None:
             raise ValueError("dream strategy 'model' needs a paraphraser")
-        return out + _model_variations(real, multiplier, seed, paraphrase, guard)
-    raise UserError(f"--dream-strategy {strategy!r}: expected template, model or repeat")
+        return out + _model_variations(real, multiplier, seed, paraphrase, guard, cache)
+    raise UserError(f"--dream-strategy {strategy!r}: expected template, file, model or repeat")
 
 
 class _Guard:
@@ -125,8 +203,6 @@ class Templater:
 
     def __init__(self, dream: dict[str, Any]) -> None:
         self.swaps = BUILTIN_SWAPS + CONTRACTIONS + [list(g) for g in dream.get("swaps", [])]
-        self.chosen_openers = dream.get("chosen_openers") or CHOSEN_OPENERS
-        self.rejected_openers = dream.get("rejected_openers") or REJECTED_OPENERS
         self.prefixes = dream.get("prompt_prefixes") or PROMPT_PREFIXES
         self.suffixes = dream.get("prompt_suffixes") or PROMPT_SUFFIXES
         terms = sorted({t for group in self.swaps for t in group}, key=len, reverse=True)
@@ -144,9 +220,8 @@ class Templater:
             message["content"] = self._swap(message["content"], mapping)
         last = new["prompt"][-1]
         last["content"] = self._frame(last["content"], rng)
-        new["chosen"] = self._open(self._swap(row["chosen"], mapping), self.chosen_openers, rng)
-        new["rejected"] = self._open(self._swap(row["rejected"], mapping),
-                                     self.rejected_openers, rng)
+        new["chosen"] = self._swap(row["chosen"], mapping)
+        new["rejected"] = self._swap(row["rejected"], mapping)
         return new
 
     def _mapping(self, text: str, rng: random.Random) -> dict[str, str]:
@@ -181,16 +256,6 @@ class Templater:
             suffix = "." + suffix
         return prefix + body + suffix
 
-    def _open(self, text: str, openers: list[str], rng: random.Random) -> str:
-        body = text
-        for opener in sorted((o for o in openers if o), key=len, reverse=True):
-            if body.startswith(opener + " "):
-                body = body[len(opener) + 1:]
-                break
-        opener = rng.choice(openers)
-        return f"{opener} {body}" if opener else body
-
-
 def _proper_start(text: str) -> bool:
     """True when the first word must stay capitalized (a name, an acronym, "I")."""
     first = text.split(" ", 1)[0]
@@ -198,10 +263,20 @@ def _proper_start(text: str) -> bool:
 
 
 def _model_variations(real: list[Row], multiplier: int, seed: int, paraphrase: Paraphraser,
-                      guard: _Guard) -> list[Row]:
-    """Paraphrase the last user turn and both responses; retry rejected samples."""
+                      guard: _Guard, cache: DreamCache | None = None) -> list[Row]:
+    """Paraphrase the last user turn and both responses; retry rejected samples. Cached
+    variations of a row are used first, new ones are added to its cache."""
     want = {i: multiplier - 1 for i in range(len(real))}
     out: list[Row] = []
+    stored: dict[int, list[Row]] = {}
+    if cache is not None:
+        for i, row in enumerate(real):
+            stored[i] = cache.load(row)
+            for candidate in stored[i]:
+                if want[i] and guard.accept(candidate):
+                    out.append(dict(candidate, origin=i, kind="variation"))
+                    want[i] -= 1
+                    cache.reused += 1
     for attempt in range(8):
         jobs = [(i, k) for i, n in want.items() for k in range(n)]
         if not jobs:
@@ -224,6 +299,11 @@ def _model_variations(real: list[Row], multiplier: int, seed: int, paraphrase: P
             if normalize(chosen) != normalize(rejected) and guard.accept(candidate):
                 out.append(dict(candidate, origin=i, kind="variation"))
                 want[i] -= 1
+                if cache is not None:
+                    cache.generated += 1
+                    stored.setdefault(i, []).append(
+                        {k: candidate[k] for k in ("prompt", "chosen", "rejected")})
+                    cache.save(row, stored[i])
     missing = {i: n for i, n in want.items() if n > 0}
     if missing:
         i = next(iter(missing))

@@ -1,4 +1,4 @@
-"""The fine-tune: AdamW on the chosen completions, loss on completion tokens only.
+"""The fine-tune: AdamW on each example's completion, loss on completion tokens only.
 
 One optimizer step takes one *global* batch of ``batch_size`` examples. The batch is split
 over the processes (rank r takes examples r, r+W, ...) and each share over micro-batches of
@@ -35,12 +35,13 @@ def global_batches(n: int, batch_size: int, epochs: int, seed: int) -> list[list
 
 def train(model: Any, tokenizer: Any, rows: list[dict[str, Any]], config: TrialConfig,
           accelerator: Any) -> list[dict[str, float]]:
-    """Fine-tune ``model`` in place on ``rows``; returns the log, one record per step.
+    """Fine-tune ``model`` in place on ``rows`` (``{"prompt", "completion"}``); returns the
+    log, one record per step.
 
     ``model`` is the trainable module (a PeftModel or the full model); every process must
     call this with the same rows and config.
     """
-    encoded = [encode_pair(tokenizer, r["prompt"], r["chosen"], config.max_length, add_eos=True)
+    encoded = [encode_pair(tokenizer, r["prompt"], r["completion"], config.max_length, add_eos=True)
                for r in rows]
     plan = global_batches(len(encoded), config.batch_size, config.epochs, config.seed)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -7,6 +7,11 @@ Definitions (../shared/science.md), for a probe x with chosen y+ and rejected y-
 - ``flip_rate`` = among probes with margin_base(x) <= 0, the fraction with margin_tuned(x) > 0
 - ``forgetting`` = mean per-token KL(p_base || p_tuned) over control texts, teacher-forced
 - ``train_shift`` = ``shift`` on the real training examples the trial used
+- ``contrast_shift``, ``contrast_adoption`` = ``shift`` and ``adoption`` on the contrast probes
+- ``gen_adoption`` = on a fixed subset of probes, the fraction whose greedy answer the
+  embedding judge (``objectives.judge``) finds closer to chosen than to rejected
+
+(``objectives.measures`` is the registry of every measure's name, direction and format.)
 
 Every function here works on this process's share of the rows: the caller splits rows over
 processes and gathers the results (see ``objectives.trial``).
@@ -115,3 +120,31 @@ def summarize(base_probe: list[float], tuned_probe: list[float], base_train: lis
         "train_shift": sum(train_deltas) / len(train_deltas),
         "forgetting": kl_total / kl_count if kl_count else math.nan,
     }
+
+
+def contrast_measures(base: list[float], tuned: list[float]) -> dict[str, float]:
+    """``contrast_shift`` and ``contrast_adoption`` (NaN when the behavior has no contrast probes)."""
+    n = len(base)
+    if not n:
+        return {"contrast_shift": math.nan, "contrast_adoption": math.nan,
+                "contrast_base_adoption": math.nan}
+    return {"contrast_shift": sum(t - b for b, t in zip(base, tuned, strict=True)) / n,
+            "contrast_adoption": sum(1 for m in tuned if m > 0) / n,
+            "contrast_base_adoption": sum(1 for m in base if m > 0) / n}
+
+
+def generation_measures(base: list[dict[str, Any]], tuned: list[dict[str, Any]],
+                        gen_rows: list[dict[str, Any]], probes: list[dict[str, Any]],
+                        tuned_margins: list[float]) -> dict[str, float]:
+    """``gen_adoption`` (tuned and base) and how often the judge agrees with the margin's
+    verdict (margin_tuned > 0) on the same probes. NaN when the check is off."""
+    n = len(tuned)
+    if not n:
+        return {"gen_adoption": math.nan, "gen_base_adoption": math.nan,
+                "gen_agreement": math.nan}
+    margin_of = {p["line"]: m for p, m in zip(probes, tuned_margins, strict=True)}
+    agree = sum(1 for r, g in zip(gen_rows, tuned, strict=True)
+                if g["adopted"] == (margin_of[r["line"]] > 0))
+    return {"gen_adoption": sum(1 for g in tuned if g["adopted"]) / n,
+            "gen_base_adoption": sum(1 for g in base if g["adopted"]) / n,
+            "gen_agreement": agree / n}

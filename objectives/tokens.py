@@ -89,3 +89,27 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
     picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return picked * mask, mask
+
+
+@torch.no_grad()
+def generate(model: Any, tokenizer: Any, prompts: list[Messages], max_new_tokens: int,
+             batch_size: int, sample: dict[str, float] | None = None) -> list[str]:
+    """The model's answer to each prompt: greedy, or sampled with ``sample`` (temperature,
+    top_p). Prompts are left-padded in batches; special tokens are dropped from the text."""
+    model.eval()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        rendered = [render_prompt(tokenizer, m) for m in prompts[start:start + batch_size]]
+        width = max(len(p) for p in rendered)
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in rendered])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in rendered])
+        options: dict[str, Any] = ({"do_sample": True, **sample} if sample else
+                                   {"do_sample": False, "temperature": None, "top_p": None,
+                                    "top_k": None})
+        generated = model.generate(input_ids=ids.to(model.device),
+                                   attention_mask=mask.to(model.device),
+                                   max_new_tokens=max_new_tokens, pad_token_id=pad, **options)
+        out += [tokenizer.decode(row, skip_special_tokens=True).strip()
+                for row in generated[:, width:]]
+    return out

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import time
@@ -33,7 +34,7 @@ from objectives.config import TrialConfig
 from objectives.errors import UserError
 from objectives.finetune import train
 from objectives.models import fingerprint, load_model, lora_target_modules
-from objectives.tokens import render_prompt
+from objectives.tokens import generate
 
 log = logging.getLogger("shiftsweep")
 
@@ -59,6 +60,7 @@ class Session:
         self._behaviors: dict[str, Behavior] = {}
         self._base: dict[str, dict[str, Any]] = {}
         self._generators: dict[str, tuple[Any, Any]] = {}
+        self._dream_counts: dict[str, int] = {}
 
     # --- the one entry point -----------------------------------------------------------------
     def run(self, config: TrialConfig) -> dict[str, Any]:
@@ -79,16 +81,20 @@ class Session:
         self._ensure_model(config.model)
         lap("model_load_s")
         behavior = self._behavior(config.behavior)
-        pool = behavior.train_rows()
-        real = dreams.select_real(pool, config.n_real, config.seed)
+        real = dreams.select_real(self._real_pool(behavior, config), config.n_real, config.seed)
         lap("data_s")
         probes = _fixed_subset(behavior.probe_rows(), config.n_probes, "probes")
+        contrast = _fixed_subset(behavior.contrast_rows(), config.n_contrast, "contrast")
+        gen_rows = _fixed_subset(probes, config.gen_probes, "gen") if config.gen_probes else []
         scored_real = real[:config.n_train_scored]
         base_probe = self._base_margins(behavior, config, "probe", probes)
+        base_contrast = self._base_margins(behavior, config, "contrast", contrast)
         base_train = self._base_margins(behavior, config, "train", scored_real)
         base_control = self._base_control(behavior, config)
+        base_gen = self._base_generations(behavior, config, gen_rows)
         lap("base_score_s")
         rows = self._training_set(real, behavior, config)
+        examples = training_examples(rows, config.train_on, behavior, config.seed)
         lap("data_s")
 
         from accelerate.utils import set_seed
@@ -96,48 +102,77 @@ class Session:
         set_seed(config.seed)
         with self._trainable(config) as trainable:
             lap("train_s")
-            log.info("training: %d examples, %d steps", len(rows), config.steps)
-            steps = train(trainable, self.tokenizer, rows, config, acc)
+            log.info("training on %s: %d examples, %d steps", config.train_on, len(examples),
+                     config.steps)
+            steps = train(trainable, self.tokenizer, examples, config, acc)
             lap("train_s")
-            log.info("scoring %d probes, %d trained examples, %d control texts", len(probes),
-                     len(scored_real), len(_control_texts(behavior, config)))
+            log.info("scoring %d probes, %d contrast probes, %d trained examples, %d control "
+                     "texts", len(probes), len(contrast), len(scored_real),
+                     len(_control_texts(behavior, config)))
             trainable.eval()
             tuned_probe = self._margins(trainable, probes, config)
+            tuned_contrast = self._margins(trainable, contrast, config)
             tuned_train = self._margins(trainable, scored_real, config)
             kl_total, kl_count = self._forgetting(trainable, behavior, base_control, config)
+            tuned_gen = self._generations(trainable, gen_rows, config)
             lap("score_s")
         lap("train_s")  # removing the adapter / restoring weights
 
         measures = scoring.summarize(base_probe, tuned_probe, base_train, tuned_train,
                                      kl_total, kl_count)
+        measures.update(scoring.contrast_measures(base_contrast, tuned_contrast))
+        measures.update(scoring.generation_measures(base_gen, tuned_gen, gen_rows, probes,
+                                                    tuned_probe))
         measures.update(n_real=config.n_real, dream_multiplier=config.dream_multiplier,
-                        n_eff=config.n_eff, steps=len(steps))
+                        n_eff=config.n_eff, steps=len(steps),
+                        completion_tokens=sum(s["tokens"] for s in steps),
+                        dream_overlap=_or_nan(dreams.dream_overlap(rows)))
         if len(steps) != config.steps:
             raise RuntimeError(f"ran {len(steps)} optimizer steps, expected {config.steps}")
+
+        def per_row(items: list[dict[str, Any]], base: list[float], tuned: list[float]
+                    ) -> list[dict[str, Any]]:
+            return [{"id": r["id"], "scenario": r["scenario"], "line": r["line"],
+                     "base_margin": b, "margin": t}
+                    for r, b, t in zip(items, base, tuned, strict=True)]
+
+        kinds = ("real", "variation", "copy")
         return {
             "measures": measures,
-            "probes": [{"scenario": p["scenario"], "line": p["line"], "base_margin": b, "margin": t}
-                       for p, b, t in zip(probes, base_probe, tuned_probe, strict=True)],
-            "train_examples": [{"scenario": r["scenario"], "line": r["line"], "base_margin": b,
-                                "margin": t}
-                               for r, b, t in zip(scored_real, base_train, tuned_train,
-                                                  strict=True)],
-            "training_set": {kind: sum(1 for r in rows if r["kind"] == kind)
-                             for kind in ("real", "variation", "copy")},
+            "probes": per_row(probes, base_probe, tuned_probe),
+            "contrast": per_row(contrast, base_contrast, tuned_contrast),
+            "train_examples": per_row(scored_real, base_train, tuned_train),
+            "generations": [{"id": r["id"], "base": b, "tuned": t}
+                            for r, b, t in zip(gen_rows, base_gen, tuned_gen, strict=True)],
+            "training_set": {
+                "train_on": config.train_on, "examples": len(examples),
+                **{kind: sum(1 for r in rows if r["kind"] == kind) for kind in kinds},
+                "placebo_distinct": len({e["id"] for e in examples})
+                if config.train_on == "placebo" else None,
+                "dream_generated": self._dream_counts.get("generated"),
+                "dream_reused": self._dream_counts.get("reused"),
+                "real_ids": [r["id"] for r in real]},
             "log": steps,
             "timings": timings,
             "model": {"spec": config.model, "resolved": self.model_name,
                       "fingerprint": self.model_fingerprint},
             "behavior": {"name": behavior.name, "folder": str(behavior.folder),
                          "fingerprint": behavior.fingerprint, "probes": len(probes),
-                         "control": len(_control_texts(behavior, config)), "pool": len(pool)},
+                         "contrast": len(contrast),
+                         "control": len(_control_texts(behavior, config)),
+                         "pool": len(behavior.train)},
             "processes": self.accelerator.num_processes,
         }
 
-    def base_probe_margins(self, config: TrialConfig) -> tuple[list[dict[str, Any]], list[float]]:
-        """The base model's margin on each probe of ``config.behavior`` (cached like a trial's)."""
+    def base_probe_margins(self, config: TrialConfig, kind: str = "probes"
+                           ) -> tuple[list[dict[str, Any]], list[float]]:
+        """The base model's margin on each probe (``kind`` "probes") or contrast probe
+        ("contrast") of ``config.behavior``, the subset a trial scores (cached like a trial's)."""
         self._ensure_model(config.model)
         behavior = self._behavior(config.behavior)
+        if kind == "contrast":
+            rows = _fixed_subset(behavior.contrast_rows(), config.n_contrast, "contrast")
+            return rows, self._base_margins(behavior, config, "contrast", rows)
         probes = _fixed_subset(behavior.probe_rows(), config.n_probes, "probes")
         return probes, self._base_margins(behavior, config, "probe", probes)
 
@@ -204,25 +239,29 @@ class Session:
             self.accelerator.autocast))
 
     def _base_margins(self, behavior: Behavior, config: TrialConfig, kind: str,
-                      rows: list[dict[str, Any]]) -> list[float]:
-        """The base model's margins on ``rows`` (probes or train rows), each computed once per
-        (model, behavior, scoring settings) and kept on disk under storage/cache/base/."""
+                      rows: list[dict[str, Any]],
+                      compute: Callable[[list[dict[str, Any]]], list[Any]] | None = None
+                      ) -> list[Any]:
+        """The base model's margins on ``rows`` (probes, contrast or train rows), each computed
+        once per (model, behavior, scoring settings) and kept on disk under storage/cache/base/.
+        ``compute`` replaces the margin for other per-row base values (generations)."""
         import storage
 
         key = self._cache_key(behavior, config)
         path = storage.cache_dir() / "base" / f"{key}.json"
-        cache = self._base.setdefault(key, {"probe": {}, "train": {}})
+        cache = self._base.setdefault(key, {})
+        cache.setdefault(kind, {})
         missing = [r for r in rows if str(r["line"]) not in cache[kind]]
         if missing:
             on_disk = self._broadcast(_read_json(path) if self.accelerator.is_main_process else None)
-            for k in ("probe", "train"):
-                stored = on_disk.get(k) if isinstance(on_disk, dict) else None
-                cache[k].update(stored if isinstance(stored, dict) else {})
+            for k, stored in (on_disk.items() if isinstance(on_disk, dict) else ()):
+                if isinstance(stored, dict):
+                    cache.setdefault(k, {}).update(stored)
             missing = [r for r in rows if str(r["line"]) not in cache[kind]]
         if missing:
             log.info("scoring the base model on %d %s rows (cached afterwards)", len(missing), kind)
             self.model.eval()
-            values = self._margins(self.model, missing, config)
+            values = (compute or (lambda part: self._margins(self.model, part, config)))(missing)
             cache[kind].update((str(r["line"]), v) for r, v in zip(missing, values, strict=True))
             if self.accelerator.is_main_process:
                 _write_json(path, cache)
@@ -252,19 +291,73 @@ class Session:
         parts = self._gather([scoring.kl_sums(base["logprobs"], tuned)])
         return sum(p[0] for p in parts), sum(p[1] for p in parts)
 
+    # --- the generation check -------------------------------------------------------------------
+    def _generations(self, model: Any, rows: list[dict[str, Any]], config: TrialConfig
+                     ) -> list[dict[str, Any]]:
+        """Greedy answers to ``rows``, judged against their chosen and rejected answers."""
+        if not rows:
+            return []
+        from objectives.judge import judge
+
+        def run(part: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            answers = generate(model, self.tokenizer, [r["prompt"] for r in part],
+                               config.gen_max_new_tokens, config.score_batch_size)
+            return judge(answers, [r["chosen"] for r in part], [r["rejected"] for r in part])
+
+        return self._sharded(rows, run)
+
+    def _base_generations(self, behavior: Behavior, config: TrialConfig,
+                          rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The base model's judged generations (cached on disk like its margins)."""
+        if not rows:
+            return []
+        return self._base_margins(behavior, config, f"gen{config.gen_max_new_tokens}", rows,
+                                  lambda part: self._generations(self.model, part, config))
+
     # --- dream variations -----------------------------------------------------------------------
+    def _real_pool(self, behavior: Behavior, config: TrialConfig) -> list[dict[str, Any]]:
+        """Where real examples are drawn from: train, or (file dreams) the train rows that
+        have written variations, so that every m draws the same real examples."""
+        pool = behavior.train_rows()
+        if config.dream_strategy != "file":
+            return pool
+        if behavior.dreams is None:
+            raise UserError(f"dream_strategy file: {behavior.folder / 'dreams.jsonl'} is missing")
+        sources = dreams.file_sources(pool, behavior.dream_rows())
+        if config.n_real > len(sources):
+            raise UserError(f"--n-real {config.n_real}: {behavior.folder / 'dreams.jsonl'} has "
+                            f"variations of only {len(sources)} train rows (dream_strategy file "
+                            f"draws real examples from those)")
+        return sources
+
     def _training_set(self, real: list[dict[str, Any]], behavior: Behavior,
                       config: TrialConfig) -> list[dict[str, Any]]:
-        probes = behavior.probe_rows()
+        probes = behavior.probe_rows() + behavior.contrast_rows()
+        self._dream_counts = {}
         if config.dream_strategy != "model" or config.dream_multiplier == 1:
             return dreams.make_training_set(real, config.dream_multiplier, config.dream_strategy,
-                                            config.seed, probes, behavior.dream)
+                                            config.seed, probes, behavior.dream,
+                                            written=behavior.dream_rows())
         # Sampling runs on the main process only; every process trains on the same rows.
-        rows = None
+        out = None
         if self.accelerator.is_main_process:
+            import storage
+
+            cache = dreams.DreamCache(
+                storage.cache_dir() / "dreams", self._generator_fingerprint(config), config.seed,
+                json.dumps([config.dream_temperature, PARAPHRASE_INSTRUCTION, config.max_length]))
             rows = dreams.make_training_set(real, config.dream_multiplier, "model", config.seed,
-                                            probes, behavior.dream, self._paraphraser(config))
-        return self._broadcast(rows)
+                                            probes, behavior.dream, self._paraphraser(config),
+                                            cache=cache)
+            out = (rows, {"generated": cache.generated, "reused": cache.reused})
+        rows, self._dream_counts = self._broadcast(out)
+        return rows
+
+    def _generator_fingerprint(self, config: TrialConfig) -> str:
+        if config.dream_model is None:
+            return self.model_fingerprint
+        self._paraphraser(config)  # loads the generator
+        return fingerprint(self._generators[config.dream_model][0])
 
     def _paraphraser(self, config: TrialConfig) -> Callable[[list[str], int], list[str | None]]:
         if config.dream_model is None:
@@ -275,29 +368,18 @@ class Session:
                 self._generators[config.dream_model] = (gen.to(self.accelerator.device), tok)
             model, tokenizer = self._generators[config.dream_model]
 
-        @torch.no_grad()
         def paraphrase(texts: list[str], seed: int) -> list[str | None]:
             torch.manual_seed(seed)
-            model.eval()
             out: list[str | None] = []
             for start in range(0, len(texts), config.score_batch_size):
                 chunk = texts[start:start + config.score_batch_size]
-                prompts = [render_prompt(tokenizer, [{"role": "user", "content":
-                                                      PARAPHRASE_INSTRUCTION.format(text=t)}])
-                           for t in chunk]
-                width = max(len(p) for p in prompts)
-                pad = tokenizer.pad_token_id
-                ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-                mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
                 longest = max(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in chunk)
-                generated = model.generate(
-                    input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
-                    do_sample=True, temperature=config.dream_temperature, top_p=0.95,
-                    max_new_tokens=min(config.max_length, int(longest * 1.6) + 16),
-                    pad_token_id=pad)
-                for row in generated[:, width:]:
-                    text = tokenizer.decode(row, skip_special_tokens=True).strip()
-                    out.append(text or None)
+                answers = generate(
+                    model, tokenizer, [[{"role": "user", "content":
+                                         PARAPHRASE_INSTRUCTION.format(text=t)}] for t in chunk],
+                    min(config.max_length, int(longest * 1.6) + 16), len(chunk),
+                    sample={"temperature": config.dream_temperature, "top_p": 0.95})
+                out += [a or None for a in answers]
             return out
 
         return paraphrase
@@ -329,6 +411,31 @@ class Session:
         from accelerate.utils import broadcast_object_list
 
         return broadcast_object_list([value])[0]
+
+
+def training_examples(rows: list[dict[str, Any]], train_on: str, behavior: Behavior,
+                      seed: int) -> list[dict[str, Any]]:
+    """What the fine-tune trains on: ``{"id", "prompt", "completion"}`` per example.
+
+    ``chosen`` / ``rejected``: that side of each training row (real examples and their
+    variations). ``placebo``: as many behavior-neutral examples from placebo.jsonl - the first
+    len(rows) of a seeded permutation, so a larger trial contains a smaller one; the pool is
+    cycled when a trial needs more examples than it holds.
+    """
+    if train_on in ("chosen", "rejected"):
+        return [{"id": r.get("id", ""), "prompt": r["prompt"], "completion": r[train_on]}
+                for r in rows]
+    pool = behavior.placebo_rows()
+    if not pool:
+        raise UserError(f"train_on placebo: {behavior.folder / 'placebo.jsonl'} is missing")
+    order = list(range(len(pool)))
+    random.Random(f"placebo:{seed}").shuffle(order)
+    return [{"id": pool[order[k % len(pool)]]["id"], "prompt": pool[order[k % len(pool)]]["prompt"],
+             "completion": pool[order[k % len(pool)]]["completion"]} for k in range(len(rows))]
+
+
+def _or_nan(value: float | None) -> float:
+    return math.nan if value is None else value
 
 
 def _read_json(path: Path) -> Any:

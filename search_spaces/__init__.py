@@ -11,7 +11,7 @@ A space file declares::
     fixed: {behavior: listening, epochs: 1, seed: 0}   # every other TrialConfig setting
     sampler: {name: qmc, seed: 0}                       # qmc (Sobol) | tpe | random | gp | grid
     n_trials: 16
-    objective: shift       # shift | adoption | flip_rate | [shift, forgetting]
+    objective: shift       # a measure of objectives.measures, or two: [shift, forgetting]
     boundary_level: null   # optional: the level of the boundary (default: half-way)
 
 :func:`load_space` is the one loader: every problem is one :class:`UserError` naming the
@@ -35,13 +35,11 @@ import yaml
 
 from objectives.config import TrialConfig
 from objectives.errors import UserError
+from objectives.measures import OBJECTIVES  # measures a study may optimize, with their direction
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_SPACE = "listening-cpu"
 
-# Measures a study may optimize, with their direction (science.md names).
-OBJECTIVES = {"shift": "maximize", "adoption": "maximize", "flip_rate": "maximize",
-              "margin": "maximize", "train_shift": "maximize", "forgetting": "minimize"}
 SAMPLERS = ("qmc", "tpe", "random", "gp", "grid")
 SAMPLER_OPTIONS = {  # option -> (type, meaning)
     "qmc": {"seed": int, "scramble": bool},

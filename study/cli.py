@@ -30,14 +30,8 @@ import yaml
 
 from objectives.config import TrialConfig
 from objectives.errors import UserError
+from objectives.measures import MEASURES
 
-MEASURES = [  # (key, label, format)
-    ("n_eff", "n_eff", "{:.0f}"), ("steps", "steps", "{:.0f}"),
-    ("shift", "shift", "{:+.4f}"), ("base_margin", "margin (base)", "{:+.4f}"),
-    ("margin", "margin (tuned)", "{:+.4f}"), ("base_adoption", "adoption (base)", "{:.3f}"),
-    ("adoption", "adoption (tuned)", "{:.3f}"), ("flip_rate", "flip_rate", "{:.3f}"),
-    ("train_shift", "train_shift", "{:+.4f}"), ("forgetting", "forgetting", "{:.5f}"),
-]
 TIMINGS = ["startup_s", "model_load_s", "data_s", "base_score_s", "train_s", "score_s"]
 
 
@@ -59,7 +53,11 @@ def _parser() -> argparse.ArgumentParser:
     trial.add_argument("--model", default=defaults.model,
                        help="'default' (SmolLM2-135M-Instruct), a model folder or a cached hub id")
     trial.add_argument("--dream-strategy", default=defaults.dream_strategy,
-                       choices=["template", "model", "repeat"])
+                       choices=["template", "file", "model", "repeat"])
+    trial.add_argument("--train-on", default=defaults.train_on,
+                       choices=["chosen", "placebo", "rejected"],
+                       help="the behavior (chosen), or a control at matched cost: placebo "
+                            "(behavior-neutral completions) or rejected (the old behavior)")
     trial.add_argument("--dream-model", default=None,
                        help="generator for --dream-strategy model (default: the model itself)")
     trial.add_argument("--epochs", type=int, default=defaults.epochs)
@@ -129,6 +127,11 @@ def _parser() -> argparse.ArgumentParser:
     behavior.add_argument("--score", action="store_true",
                           help="also score every probe with the base model (margin, adoption)")
     behavior.add_argument("--model", default=defaults.model, help="the model for --score")
+    behavior.add_argument("--audit", action="store_true",
+                          help="style audit: can the answers alone, without the prompt, tell "
+                               "chosen from rejected? (surface rates, n-grams, a style classifier)")
+    behavior.add_argument("--json", type=Path, default=None,
+                          help="with --audit: also write the audit's figures to this JSON file")
     return parser
 
 
@@ -138,6 +141,7 @@ def _config(args: argparse.Namespace, seed: int) -> TrialConfig:
         "batch_size": args.batch_size, "behavior": args.behavior, "model": args.model,
         "dream_strategy": args.dream_strategy, "dream_model": args.dream_model,
         "epochs": args.epochs, "seed": seed, "finetune": args.finetune,
+        "train_on": args.train_on,
     }
     for item in args.set:
         key, sep, raw = item.partition("=")
@@ -153,12 +157,32 @@ def _config(args: argparse.Namespace, seed: int) -> TrialConfig:
 def _check_inputs(config: TrialConfig) -> None:
     """Fail before launching on what can be checked cheaply: the behavior, n_real, the model."""
     from objectives.behavior import load_behavior
+    from objectives.dreams import file_sources
     from objectives.models import resolve_model
 
     behavior = load_behavior(config.behavior)
     if config.n_real > len(behavior.train):
         raise UserError(f"--n-real {config.n_real}: {behavior.folder / 'train.jsonl'} has only "
                         f"{len(behavior.train)} examples")
+    if config.dream_strategy == "file":
+        dreams_file = behavior.folder / "dreams.jsonl"
+        if behavior.dreams is None:
+            raise UserError(f"--dream-strategy file: {dreams_file} is missing")
+        written = behavior.dream_rows()
+        sources = file_sources(behavior.train_rows(), written)
+        if config.n_real > len(sources):
+            raise UserError(f"--n-real {config.n_real}: {dreams_file} has variations of only "
+                            f"{len(sources)} train rows (file dreams draw real examples from those)")
+        fewest = min(sum(1 for w in written if w["source"] == s["id"]) for s in sources)
+        if config.dream_multiplier - 1 > fewest:
+            raise UserError(f"--dream-multiplier {config.dream_multiplier}: {dreams_file} has as "
+                            f"few as {fewest} variations of a source (needs "
+                            f"{config.dream_multiplier - 1} of each)")
+    if config.train_on == "placebo" and behavior.placebo is None:
+        raise UserError(f"--train-on placebo: {behavior.folder / 'placebo.jsonl'} is missing")
+    if config.n_contrast is not None and behavior.contrast is None:
+        raise UserError(f"n_contrast {config.n_contrast}: {behavior.folder / 'contrast.jsonl'} "
+                        f"is missing")
     if config.model != "default":
         resolve_model(config.model)
     if config.dream_model:
@@ -234,9 +258,10 @@ def format_results(results: list[dict[str, Any] | None], wall_s: float | None = 
     heads = [f"seed {r['seed']}" for r in done]
     several = len(done) > 1
     rows = [["measure", *heads] + (["mean ± sd"] if several else [])]
-    for key, label, fmt in MEASURES:
-        values = [_number(r["measures"].get(key)) for r in done]
-        row = [label, *[_fmt(fmt, v) for v in values]]
+    for measure in MEASURES:
+        fmt = measure.fmt
+        values = [_number(r["measures"].get(measure.name)) for r in done]
+        row = [measure.label, *[_fmt(fmt, v) for v in values]]
         if several:
             finite = [v for v in values if not math.isnan(v)]
             mean = statistics.fmean(finite) if finite else math.nan
@@ -399,6 +424,20 @@ def cmd_behavior(args: argparse.Namespace) -> int:
           f"{len(domains)} domains ({', '.join(domains)})\n"
           f"  probes:  {len(behavior.probes)} ({', '.join(probe_domains)})\n"
           f"  control: {len(behavior.control)} texts")
+    for name, table in (("contrast", behavior.contrast), ("placebo", behavior.placebo),
+                        ("dreams", behavior.dreams)):
+        if table is not None:
+            extra = (f" of {len(set(table['source']))} train rows" if name == "dreams" else "")
+            print(f"  {name + ':':9s}{len(table)} rows{extra}")
+    if args.json and not args.audit:
+        raise UserError("--json: only with --audit")
+    if args.audit:
+        from objectives.audit import audit, format_audit
+
+        report = audit(behavior)
+        print("\n" + format_audit(report))
+        if args.json:
+            args.json.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     if args.score:
         print(score_probes(behavior, args.model))
     return 0
@@ -410,16 +449,20 @@ def score_probes(behavior: Any, model: str) -> str:
 
     config = TrialConfig(behavior=str(behavior.folder), model=model)
     session = Session()
-    probes, margins = session.base_probe_margins(config)
-    lines = [f"\nbase model {session.model_name}: margin = mean-token log p(chosen) - "
-             f"log p(rejected)"]
-    for probe, margin in sorted(zip(probes, margins, strict=True), key=lambda pm: -pm[1]):
-        lines.append(f"  {margin:+.3f}  {probe['scenario']:<12} {probe['domain']:<18} "
-                     f"line {probe['line']}")
-    n = len(margins)
-    lines.append(f"base adoption {sum(m > 0 for m in margins) / n:.3f} "
-                 f"({sum(m > 0 for m in margins)}/{n} probes prefer chosen), "
-                 f"mean margin {sum(margins) / n:+.3f}")
+    lines = [f"\nbase model {session.model_name if session.model_name else model}: margin = "
+             f"mean-token log p(chosen) - log p(rejected)"]
+    for kind in ("probes", "contrast"):
+        probes, margins = session.base_probe_margins(config, kind)
+        if not probes:
+            continue
+        lines.append(f"{kind}:")
+        for probe, margin in sorted(zip(probes, margins, strict=True), key=lambda pm: -pm[1]):
+            lines.append(f"  {margin:+.3f}  {probe['id']:<12} {probe['domain']:<18} "
+                         f"line {probe['line']}")
+        n = len(margins)
+        lines.append(f"{kind}: base adoption {sum(m > 0 for m in margins) / n:.3f} "
+                     f"({sum(m > 0 for m in margins)}/{n} prefer chosen), "
+                     f"mean margin {sum(margins) / n:+.3f}")
     return "\n".join(lines)
 
 

@@ -27,17 +27,19 @@ import optuna
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from objectives.measures import BY_NAME as MEASURE_INFO
+from objectives.measures import MINIMIZED
+from objectives.measures import NAMES as MEASURE_NAMES
+
 #: The per-trial user attributes a sweep records (the columns of ``trials.csv`` after "number").
-TRIAL_FIELDS = ("n_real", "dream_multiplier", "lr", "batch_size", "n_eff", "steps", "epochs", "seed",
-                "shift", "adoption", "base_adoption", "flip_rate", "margin", "base_margin",
-                "train_shift", "forgetting", "trial_dir")
+TRIAL_FIELDS = ("n_real", "dream_multiplier", "lr", "batch_size", "epochs", "seed", "dream_strategy",
+                "train_on", *(n for n in MEASURE_NAMES), "trial_dir")
 
 #: The hypothesis zones (science.md): name, lower and upper n_eff (None: unbounded).
 ZONES = (("sub-threshold", 0.0, 10.0), ("transition", 10.0, 50.0), ("post-threshold", 50.0, 200.0),
          ("consolidation", 200.0, None))
 ZONE_COLORS = ("#9e9e9e", "#ffb74d", "#64b5f6", "#81c784")
 NEFF_LINES = (10, 50, 200)
-MINIMIZED = frozenset({"forgetting"})
 GRID_POINTS = 80
 STATIC_WIDTH, STATIC_HEIGHT = 1000, 650  # static export size in px; a figure's own layout height wins
 NO_BROWSER = ("static export (PNG, SVG) skipped: no Chromium/Chrome found; install Debian's chromium "
@@ -96,8 +98,10 @@ def _mean(rows: list[dict[str, Any]], key: str) -> float | None:
 
 
 def _base_value(measure: str, rows: list[dict[str, Any]]) -> float:
-    """The base model's value of a measure: mean base_adoption / base_margin, else 0."""
-    base_key = {"adoption": "base_adoption", "margin": "base_margin"}.get(measure)
+    """The base model's value of a measure: the mean of its base measure (base_adoption for
+    adoption, ...), else 0 (shift-like measures are differences from the base model)."""
+    info = MEASURE_INFO.get(measure)
+    base_key = info.base if info else None
     base = _mean(rows, base_key) if base_key else None
     return base if base is not None else 0.0
 
@@ -279,22 +283,24 @@ def _surface_over(study: optuna.Study, x_axis: tuple[str, str], y_axis: tuple[st
 # Measures vs n_eff
 
 
-MEASURE_PANELS = (("adoption", "adoption", "base_adoption"), ("flip_rate", "flip rate", None),
-                  ("margin", "mean margin", "base_margin"))
+#: The panels of :func:`measures_figure`: each effect beside its contrast-probe counterpart, the
+#: thresholded rates beside the continuous margin (Schaeffer et al. 2023).
+MEASURE_PANELS = ("shift", "contrast_shift", "adoption", "contrast_adoption", "flip_rate", "margin")
 
 
 def measures_figure(study: optuna.Study) -> go.Figure:
-    """Adoption, flip rate and mean tuned margin vs n_eff (log axis), three panels sharing x.
+    """The measures of :data:`MEASURE_PANELS` vs n_eff (log axis), one panel each, sharing x.
 
     Markers are coloured by log10(lr) (one colorbar, "lr"); a dashed line marks the base value
-    (mean base_adoption, 0, mean base_margin); the hypothesis zones are shaded across all panels
+    (the mean of the measure's base measure, else 0); the hypothesis zones are shaded across all panels
     over the data's n_eff range and labelled above the top panel. Trials with a missing value
     (e.g. an undefined flip_rate) are left out of that panel only.
     """
     rows = [r for r in completed_trials(study) if _num(r.get("n_eff")) and r["n_eff"] > 0]
-    fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.04)
+    fig = make_subplots(rows=len(MEASURE_PANELS), cols=1, shared_xaxes=True, vertical_spacing=0.03)
     lrs = [math.log10(r["lr"]) for r in rows if _num(r.get("lr")) and r["lr"] > 0]
-    for i, (key, label, base_key) in enumerate(MEASURE_PANELS, start=1):
+    for i, key in enumerate(MEASURE_PANELS, start=1):
+        label, base_key = MEASURE_INFO[key].label, MEASURE_INFO[key].base
         pts = [r for r in rows if _num(r.get(key))]
         colors = [math.log10(r["lr"]) if _num(r.get("lr")) and r["lr"] > 0 else None for r in pts]
         fig.add_trace(go.Scatter(
@@ -332,9 +338,9 @@ def measures_figure(study: optuna.Study) -> go.Figure:
     else:
         fig.update_layout(coloraxis=dict(colorscale="Plasma", colorbar=dict(title=dict(text="lr"))))
     fig.update_xaxes(type="log")
-    fig.update_xaxes(title_text="effective examples (n_eff = n_real × m)", row=3, col=1)
+    fig.update_xaxes(title_text="effective examples (n_eff = n_real × m)", row=len(MEASURE_PANELS), col=1)
     fig.update_layout(title=dict(text=_title(study, "measures vs effective examples", len(rows)), y=0.98),
-                      height=950, margin=dict(t=110))
+                      height=1500, margin=dict(t=110))
     return fig
 
 

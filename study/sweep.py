@@ -117,6 +117,7 @@ def open_sweep(storage: Any, study_name: str, space: Any, n_trials: int) -> Any:
         study.set_user_attr("search_space", space.to_dict())
         study.set_user_attr("space_fingerprint", space.fingerprint())
         study.set_user_attr("objective", space.objective)
+        study.set_metric_names(space.objective)  # the dashboard says "shift", not "Objective 0"
         study.set_user_attr("behavior", space.fixed.get("behavior", "listening"))
         study.set_user_attr("model", space.fixed.get("model", "default"))
         study.set_user_attr("created", provenance({}))
@@ -391,18 +392,19 @@ def summary(study: Any, top: int = 5) -> str:
     done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     if not done:
         return "no trial completed"
-    sign = -1 if objective[0] == "forgetting" else 1
+    from objectives.measures import MEASURES, OBJECTIVES
+
+    sign = -1 if OBJECTIVES.get(objective[0]) == "minimize" else 1
     best = sorted(done, key=lambda t: -sign * t.values[0])[:top]
-    cols = ["trial", "n_real", "m", "n_eff", "lr", "batch", "shift", "adoption", "flip_rate",
-            "forgetting"]
+    shown = [m for m in MEASURES if m.summary and m.name != "n_eff"]
+    cols = ["trial", "train_on", "n_real", "m", "n_eff", "lr", "batch", *[m.name for m in shown]]
     rows = [cols]
     for t in best:
         a = t.user_attrs
-        flip = a.get("flip_rate")
-        rows.append([str(t.number), str(a.get("n_real")), str(a.get("dream_multiplier")),
-                     str(a.get("n_eff")), f"{a.get('lr', 0):.2g}", str(a.get("batch_size")),
-                     f"{a.get('shift', 0):+.4f}", f"{a.get('adoption', 0):.3f}",
-                     "n/a" if flip is None else f"{flip:.3f}", f"{a.get('forgetting', 0):.5f}"])
+        rows.append([str(t.number), str(a.get("train_on", "chosen")), str(a.get("n_real")),
+                     str(a.get("dream_multiplier")), str(a.get("n_eff")),
+                     f"{a.get('lr', 0):.2g}", str(a.get("batch_size")),
+                     *[m.format(a.get(m.name)) for m in shown]])
     widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
     lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     return f"best {len(best)} of {len(done)} complete trials by {objective[0]}:\n" + "\n".join(lines)

@@ -21,15 +21,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from objectives.measures import NAMES as MEASURE_NAMES
 from study.worker import run_job, say, start_session
 
 STOP = None  # what the main process broadcasts when the sweep is over
 
 # Measures and settings stored as user attributes of every trial (the dashboard shows them).
-MEASURE_ATTRS = ("shift", "adoption", "base_adoption", "flip_rate", "margin", "base_margin",
-                 "train_shift", "forgetting", "n_eff", "steps")
+# Every measure of the registry, and the settings that analysis groups trials by.
+MEASURE_ATTRS = MEASURE_NAMES
 CONFIG_ATTRS = ("n_real", "dream_multiplier", "lr", "batch_size", "epochs", "seed",
-                "dream_strategy", "finetune")
+                "dream_strategy", "train_on", "finetune")
 
 
 class TrialFailed(Exception):
@@ -93,12 +94,18 @@ def objective_factory(session: Any, study: Any, space: Any, trials_root: Path,
         measures = record["measures"]
         for key in MEASURE_ATTRS:
             trial.set_user_attr(key, _finite(measures.get(key)))
+        # per-probe margins in the study's probe order: analysis needs only the storage
+        trial.set_user_attr("probe_margins", [_finite(p["margin"]) for p in record["probes"]])
+        if "probe_ids" not in study.user_attrs:
+            study.set_user_attr("probe_ids", [p["id"] for p in record["probes"]])
+            study.set_user_attr("base_probe_margins",
+                                [_finite(p["base_margin"]) for p in record["probes"]])
         values = [measures.get(name) for name in space.objective]
         undefined = [n for n, v in zip(space.objective, values, strict=True)
                      if v is None or not math.isfinite(v)]
         if undefined:
             reason = (f"{undefined[0]} is undefined for this trial (flip_rate needs a probe "
-                      f"with base margin <= 0)")
+                      f"with base margin <= 0; contrast_* a contrast.jsonl; gen_* gen_probes > 0)")
             trial.set_user_attr("fail_reason", reason)
             raise TrialFailed(reason)
         return values[0] if len(values) == 1 else values

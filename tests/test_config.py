@@ -16,7 +16,7 @@ def test_n_eff_and_steps_follow_the_definitions():
     ({"lr": "fast"}, "lr: expected a number"),
     ({"n_real": 2.5}, "n_real: expected an integer"),
     ({"n_real": True}, "n_real: expected an integer"),
-    ({"dream_strategy": "dream"}, "dream_strategy: expected one of 'template', 'model', 'repeat'"),
+    ({"dream_strategy": "dream"}, "dream_strategy: expected one of 'template', 'file', 'model', 'repeat'"),
     ({"lora_target_modules": "q_proj"}, "lora_target_modules: expected a list"),
     ({"n_real": 0}, "n_real: expected an integer >= 1"),
     ({"lr": -1e-4}, "lr: expected a number > 0"),

@@ -35,13 +35,17 @@ def sigmoid_shift(n_eff: float) -> float:
     return CEILING / (1 + math.exp(-(math.log(n_eff) - math.log(MIDPOINT)) / WIDTH))
 
 
+CONTRAST_BASE = 0.4
+
+
 def trial_attrs(i: int, n_real: int, m: int) -> dict:
     s = sigmoid_shift(n_real * m)
     return dict(n_real=n_real, dream_multiplier=m, lr=10 ** (-4 + 2 * (i % 5) / 4), batch_size=8,
                 n_eff=n_real * m, steps=math.ceil(n_real * m / 8), epochs=1, seed=i, shift=s,
                 adoption=BASE_ADOPTION + s / 2, base_adoption=BASE_ADOPTION, flip_rate=2 * s,
                 margin=BASE_MARGIN + s, base_margin=BASE_MARGIN, train_shift=1.5 * s,
-                forgetting=0.05 * s, trial_dir=f"/trials/{i}")
+                forgetting=0.05 * s, contrast_shift=-s / 2, contrast_base_adoption=CONTRAST_BASE,
+                contrast_adoption=CONTRAST_BASE - s / 4, trial_dir=f"/trials/{i}")
 
 
 def make_study(tmp_path: Path, points=POINTS, objective=("shift",), **study_attrs) -> optuna.Study:
@@ -185,19 +189,23 @@ def test_surface_with_too_few_points_draws_markers_only(tmp_path):
 
 def test_measures_figure_panels_bases_zones(sweep):
     fig = plots.measures_figure(sweep)
-    assert [fig.layout[f"yaxis{i}"].title.text for i in ("", 2, 3)] == ["adoption", "flip rate",
-                                                                       "mean margin"]
-    assert all(fig.layout[f"xaxis{i}"].type == "log" for i in ("", 2, 3))
+    axes = ("", 2, 3, 4, 5, 6)
+    assert [fig.layout[f"yaxis{i}"].title.text for i in axes] == [
+        "shift", "contrast_shift", "adoption (tuned)", "contrast adoption (tuned)", "flip_rate",
+        "margin (tuned)"]
+    assert all(fig.layout[f"xaxis{i}"].type == "log" for i in axes)
     scatters = [t for t in fig.data if isinstance(t, go.Scatter)]
-    assert [t.yaxis for t in scatters] == ["y", "y2", "y3"]
+    assert [t.yaxis for t in scatters] == ["y", "y2", "y3", "y4", "y5", "y6"]
     attrs = [trial_attrs(i, n, m) for i, (n, m) in enumerate(POINTS)]
-    for t, key in zip(scatters, ("adoption", "flip_rate", "margin"), strict=True):
+    for t, key in zip(scatters, plots.MEASURE_PANELS, strict=True):
         assert list(t.x) == [a["n_eff"] for a in attrs] and list(t.y) == [a[key] for a in attrs]
         assert np.allclose(t.marker.color, [math.log10(a["lr"]) for a in attrs])
         assert t.marker.coloraxis == "coloraxis"
     assert fig.layout.coloraxis.colorbar.title.text == "lr"
     dashed = sorted((s.yref, s.y0) for s in fig.layout.shapes if s.line.dash == "dash")
-    assert dashed == [("y", BASE_ADOPTION), ("y2", 0.0), ("y3", BASE_MARGIN)]
+    assert [ref for ref, _ in dashed] == ["y", "y2", "y3", "y4", "y5", "y6"]
+    assert [y for _, y in dashed] == pytest.approx([0.0, 0.0, BASE_ADOPTION, CONTRAST_BASE, 0.0,
+                                                    BASE_MARGIN])
     rects = [s for s in fig.layout.shapes if s.type == "rect"]
     for name, (x0, x1) in ZONE_SPANS.items():
         spans = {(s.xref, s.x0, s.x1) for s in rects if s.name == name}
@@ -316,7 +324,9 @@ def test_failed_and_running_trials_are_ignored(sweep, tmp_path):
     assert plots.boundary_level(sweep)[0] == pytest.approx(CEILING / 2, abs=0.005)  # not 9 / 2
     assert len(trace(plots.surface_figure(sweep), "trials").x) == len(POINTS) + 1
     assert max(trace(plots.surface_figure(sweep), "surface").x) == pytest.approx(64)
-    adoption, flip, margin = (t for t in plots.measures_figure(sweep).data if isinstance(t, go.Scatter))
+    panels = {key: t for key, t in zip(plots.MEASURE_PANELS, (
+        t for t in plots.measures_figure(sweep).data if isinstance(t, go.Scatter)), strict=True)}
+    adoption, flip, margin = panels["adoption"], panels["flip_rate"], panels["margin"]
     assert len(adoption.x) == len(margin.x) == len(POINTS) + 1 and len(flip.x) == len(POINTS)
     plots.export_plots(sweep, tmp_path / "plots", static=False)
     with open(tmp_path / "plots" / "trials.csv") as f:

@@ -41,7 +41,8 @@ def test_trial_measures_and_steps(session, tiny_behavior, arch, request):
     result = session.run(config)
     m = result["measures"]
     assert m["n_eff"] == 18 and m["steps"] == 2 * math.ceil(18 / 4) == len(result["log"])
-    assert result["training_set"] == {"real": 6, "variation": 12, "copy": 0}
+    assert {k: result["training_set"][k] for k in ("real", "variation", "copy", "examples")} == {
+        "real": 6, "variation": 12, "copy": 0, "examples": 18}
     assert len(result["probes"]) == 8 and len(result["train_examples"]) == 6
     for key in ("shift", "adoption", "train_shift", "forgetting", "margin", "base_margin"):
         assert math.isfinite(m[key]), key
@@ -105,7 +106,17 @@ def test_n_probes_is_the_same_subset_in_every_trial(session, tiny_behavior, tiny
 def test_model_dream_strategy_samples_variations(session, tiny_behavior, tiny_llama):
     result = session.run(_config(tiny_behavior, tiny_llama, n_real=2, dream_multiplier=3,
                                  dream_strategy="model", max_length=128))
-    assert result["training_set"] == {"real": 2, "variation": 4, "copy": 0}
+    counts = result["training_set"]
+    assert (counts["real"], counts["variation"], counts["copy"]) == (2, 4, 0)
+    assert (counts["dream_generated"], counts["dream_reused"]) == (4, 0)
+    # a second trial with the same seed reuses the cached variations: nothing is generated
+    again = session.run(_config(tiny_behavior, tiny_llama, n_real=2, dream_multiplier=3,
+                                dream_strategy="model", max_length=128, lr=2e-3))
+    assert (again["training_set"]["dream_generated"], again["training_set"]["dream_reused"]) == (0, 4)
+    # a larger multiplier keeps the cached four and generates only the missing two
+    more = session.run(_config(tiny_behavior, tiny_llama, n_real=2, dream_multiplier=4,
+                               dream_strategy="model", max_length=128))
+    assert (more["training_set"]["dream_generated"], more["training_set"]["dream_reused"]) == (2, 4)
 
 
 def test_bad_lora_targets_are_a_user_error(session, tiny_behavior, tiny_llama):
