@@ -209,7 +209,7 @@ def test_measures_figure_panels_bases_zones(sweep):
     rects = [s for s in fig.layout.shapes if s.type == "rect"]
     for name, (x0, x1) in ZONE_SPANS.items():
         spans = {(s.xref, s.x0, s.x1) for s in rects if s.name == name}
-        assert spans == {(xref, x0, x1) for xref in ("x", "x2", "x3")}, name  # shaded in every panel
+        assert spans == {(xref, x0, x1) for xref in ("x", "x2", "x3", "x4", "x5", "x6")}, name  # every panel
         assert any(a.text == name for a in fig.layout.annotations)
 
 
