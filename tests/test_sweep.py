@@ -16,6 +16,7 @@ import yaml
 from optuna.trial import TrialState
 
 import storage
+from objectives import measures
 from search_spaces import HERE as SPACES
 from search_spaces import load_space
 
@@ -63,14 +64,20 @@ def test_sweep_records_resumes_and_exports(tmp_path):
         assert result["config"]["lr"] == t.params["lr"] == a["lr"]
         assert result["config"]["model"] == "tiny-random"
         assert t.values[0] == pytest.approx(result["measures"]["shift"]) == a["shift"]
-        for key in ("adoption", "forgetting", "train_shift", "margin"):
+        for key in ("adoption", "forgetting", "train_shift", "margin", "contrast_shift"):
             assert a[key] == pytest.approx(result["measures"][key])
+        assert set(measures.NAMES) <= set(a), "every measure of the registry is a user attribute"
+        assert a["train_on"] == "chosen" and a["dream_strategy"] == "template"
+        assert a["probe_margins"] == pytest.approx([p["margin"] for p in result["probes"]])
         assert result["provenance"]["git"]["commit"] and result["provenance"]["versions"]["optuna"]
         # The result and the training log are Optuna artifacts (what the dashboard shows).
         names = sorted(json.loads(v)["filename"] for k, v in t.system_attrs.items()
                        if k.startswith("artifacts:"))
         assert names == ["result.json", "train_log.jsonl"]
     assert sum(1 for p in storage.artifacts_dir().iterdir()) == 6
+    study = optuna.load_study(study_name="smoke", storage=storage.open_storage())
+    assert study.metric_names == ["shift"]  # the dashboard names the objective
+    assert len(study.user_attrs["probe_ids"]) == len(study.user_attrs["base_probe_margins"]) == 8
     # Distinct Sobol points, the first one included.
     assert len({tuple(sorted(t.params.items())) for t in trials}) == 3
 
@@ -103,7 +110,9 @@ def test_sweep_records_resumes_and_exports(tmp_path):
     assert plots.returncode == 0, plots.stderr[-3000:]
     for name in ("surface.html", "measures.html", "contour.html", "slice.html", "trials.csv"):
         assert (out / name).stat().st_size > 1000 or name == "trials.csv"
-    assert len((out / "trials.csv").read_text().strip().splitlines()) == 1 + 4
+    lines = (out / "trials.csv").read_text().strip().splitlines()
+    assert len(lines) == 1 + 4
+    assert set(measures.NAMES) <= set(lines[0].split(",")), "every measure is a column of the export"
 
 
 def assert_dashboard_serves(url: str, study_name: str) -> None:
