@@ -22,9 +22,11 @@ STORAGE ?=
 LEVEL ?=
 PORT ?= 8080
 HOST ?= 127.0.0.1
-# make trial N_REAL=6 M=10 LR=1e-4 BS=8 SEED=0
+# make trial N_REAL=6 M=10 LR=1e-4 BS=8 SEED=0 DREAMS=file TRAIN_ON=chosen
 N_REAL ?= 6
 M ?= 10
+DREAMS ?= file
+TRAIN_ON ?= chosen
 LR ?= 1e-4
 BS ?= 8
 SEED ?= 0
@@ -94,10 +96,10 @@ bench: install
 
 trial: install
 	$(BIN)/shiftsweep trial --n-real $(N_REAL) --dream-multiplier $(M) --lr $(LR) \
-		--batch-size $(BS) --seed $(SEED)
+		--batch-size $(BS) --seed $(SEED) --dream-strategy $(DREAMS) --train-on $(TRAIN_ON)
 
 behavior: install
-	$(BIN)/shiftsweep behavior listening
+	$(BIN)/shiftsweep behavior listening --audit
 
 # Caches only: studies, trial folders and artifacts are results and are never removed here.
 clean:

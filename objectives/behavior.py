@@ -246,7 +246,8 @@ def _load_pairs(path: Path, sourced: bool = False) -> list[dict[str, Any]]:
         messages = _messages(path, number, raw)
         chosen = _text_field(path, number, raw, "chosen")
         rejected = _text_field(path, number, raw, "rejected")
-        if normalize(chosen) == normalize(rejected):
+        # whitespace aside: a format direction may make the two differ in punctuation only
+        if chosen.split() == rejected.split():
             raise UserError(f"{path}:{number}: fields 'chosen' and 'rejected' are the same text")
         key = normalize(prompt_text(messages))
         if key in seen:

@@ -286,6 +286,8 @@ def _surface_over(study: optuna.Study, x_axis: tuple[str, str], y_axis: tuple[st
 #: The panels of :func:`measures_figure`: each effect beside its contrast-probe counterpart, the
 #: thresholded rates beside the continuous margin (Schaeffer et al. 2023).
 MEASURE_PANELS = ("shift", "contrast_shift", "adoption", "contrast_adoption", "flip_rate", "margin")
+#: Marker symbols of the controls (train_on): the behavior, the placebo, the old behavior.
+TRAIN_ON_SYMBOLS = {"chosen": "circle", "placebo": "square", "rejected": "triangle-down"}
 
 
 def measures_figure(study: optuna.Study) -> go.Figure:
@@ -305,10 +307,14 @@ def measures_figure(study: optuna.Study) -> go.Figure:
         colors = [math.log10(r["lr"]) if _num(r.get("lr")) and r["lr"] > 0 else None for r in pts]
         fig.add_trace(go.Scatter(
             x=[r["n_eff"] for r in pts], y=[r[key] for r in pts], mode="markers", name=label,
-            showlegend=False, customdata=[[r["number"], r.get("lr")] for r in pts],
-            marker=dict(size=8, color=colors, coloraxis="coloraxis", line=dict(width=0.5, color="black")),
-            hovertemplate=("trial %{customdata[0]}<br>n_eff %{x}<br>lr %{customdata[1]:.3g}<br>"
-                           + label + " %{y:.3g}<extra></extra>")), row=i, col=1)
+            showlegend=False,
+            customdata=[[r["number"], r.get("lr"), r.get("train_on") or "chosen"] for r in pts],
+            marker=dict(size=8, color=colors, coloraxis="coloraxis", line=dict(width=0.5, color="black"),
+                        symbol=[TRAIN_ON_SYMBOLS.get(r.get("train_on") or "chosen", "circle")
+                                for r in pts]),
+            hovertemplate=("trial %{customdata[0]} (train_on %{customdata[2]})<br>n_eff %{x}<br>"
+                           "lr %{customdata[1]:.3g}<br>" + label + " %{y:.3g}<extra></extra>")),
+            row=i, col=1)
         base = _mean(rows, base_key) if base_key else 0.0
         if base is not None:
             fig.add_hline(y=base, line=dict(dash="dash", color="black", width=1.5), row=i, col=1,

@@ -98,6 +98,11 @@ def test_a_failing_trial_is_recorded_and_the_worker_goes_on(tiny_behavior, tiny_
     (["trial", "--set", "lr=1"], "--set lr: use the flag --lr instead"),
     (["trial", "--processes", "0"], "--processes 0"),
     (["behavior", "/no/such/folder"], "not a built-in behavior"),
+    (["trial", "--dream-strategy", "file", "--n-real", "67"],
+     "--n-real 67: " ),
+    (["trial", "--dream-strategy", "file", "--dream-multiplier", "11"],
+     "--dream-multiplier 11: "),
+    (["behavior", "listening", "--json", "x.json"], "--json: only with --audit"),
 ])
 def test_user_errors_are_one_line_and_exit_2(args, needle, capsys):
     assert main(args) == 2
@@ -115,6 +120,13 @@ def test_a_recorded_trial_is_never_overwritten(tiny_behavior, tmp_path, capsys):
     assert (out / "seed-1" / "result.json").read_text() == "{}"
     assert main(["trial", "--behavior", str(tiny_behavior), "--seed", "2", "2"]) == 2
     assert "each seed may appear once" in capsys.readouterr().err
+
+
+def test_missing_optional_files_are_user_errors(tiny_behavior, capsys):
+    assert main(["trial", "--behavior", str(tiny_behavior), "--train-on", "placebo"]) == 2
+    assert "placebo.jsonl is missing" in capsys.readouterr().err
+    assert main(["trial", "--behavior", str(tiny_behavior), "--dream-strategy", "file"]) == 2
+    assert "dreams.jsonl is missing" in capsys.readouterr().err
 
 
 def test_bad_model_folder_is_a_user_error(tiny_behavior, tmp_path, capsys):
