@@ -117,13 +117,20 @@ def bench_training(repeats: int) -> dict[str, list[float]]:
     from objectives.finetune import global_batches, train
     from objectives.models import load_model, lora_target_modules
     from objectives.tokens import collate, encode_pair
+    from objectives.trial import training_examples
 
     config = TrialConfig.from_dict({**_scoring_settings(), **POINT})
     base, tokenizer, _ = load_model(config.model)
     behavior = load_behavior(config.behavior)
-    real = dreams.select_real(behavior.train_rows(), config.n_real, config.seed)
-    rows = dreams.make_training_set(real, config.dream_multiplier, config.dream_strategy,
-                                    config.seed, behavior.probe_rows(), behavior.dream)
+    pool = behavior.train_rows()
+    if config.dream_strategy == "file":
+        pool = dreams.file_sources(pool, behavior.dream_rows())
+    real = dreams.select_real(pool, config.n_real, config.seed)
+    rows = training_examples(
+        dreams.make_training_set(real, config.dream_multiplier, config.dream_strategy,
+                                 config.seed, behavior.probe_rows(), behavior.dream,
+                                 written=behavior.dream_rows()), config.train_on, behavior,
+        config.seed)
     accelerator = Accelerator(cpu=True)
     targets = lora_target_modules(base)
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
@@ -136,7 +143,7 @@ def bench_training(repeats: int) -> dict[str, list[float]]:
 
     def bare(model: Any) -> tuple[float, int]:
         started = time.perf_counter()
-        encoded = [encode_pair(tokenizer, r["prompt"], r["chosen"], config.max_length,
+        encoded = [encode_pair(tokenizer, r["prompt"], r["completion"], config.max_length,
                                add_eos=True) for r in rows]
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
                                       lr=config.lr)
