@@ -104,8 +104,11 @@ def objective_factory(session: Any, study: Any, space: Any, trials_root: Path,
         undefined = [n for n, v in zip(space.objective, values, strict=True)
                      if v is None or not math.isfinite(v)]
         if undefined:
-            reason = (f"{undefined[0]} is undefined for this trial (flip_rate needs a probe "
-                      f"with base margin <= 0; contrast_* a contrast.jsonl; gen_* gen_probes > 0)")
+            from objectives.measures import get
+
+            needs = get(undefined[0]).requires
+            reason = (f"{undefined[0]} is undefined for this trial"
+                      + (f" (it needs {needs})" if needs else ""))
             trial.set_user_attr("fail_reason", reason)
             raise TrialFailed(reason)
         return values[0] if len(values) == 1 else values
