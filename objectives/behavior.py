@@ -14,8 +14,8 @@ and optionally
 - ``dreams.jsonl``: variations written ahead of time, ``{"source": <train id>, "prompt",
   "chosen", "rejected"}`` rows (``dream_strategy: file``).
 
-Every pair row has an ``id`` (its ``scenario`` or ``<file>-<line>`` when absent), unique in
-its file.
+Every row has an ``id`` (``<file>-<line>`` when absent), unique in its file; a pair row's
+``scenario`` (``<file>:<id>`` when absent) groups rows that are one scenario.
 
 ``prompt`` is a string (one user turn) or a list of ``{"role", "content"}`` messages that
 ends with a user turn. Rows may carry extra fields (``scenario``, ``domain``, ...); they are
@@ -256,19 +256,24 @@ def _load_pairs(path: Path, sourced: bool = False) -> list[dict[str, Any]]:
         row_id = _row_id(path, number, raw, ids)
         row = {
             "prompt": messages, "chosen": chosen, "rejected": rejected, "line": number,
-            "id": row_id, "scenario": str(raw.get("scenario", row_id)),
+            # a scenario groups rows (a leak check compares them); ids are unique per file only
+            "id": row_id, "scenario": str(raw.get("scenario", f"{path.stem}:{row_id}")),
             "domain": str(raw.get("domain", "")),
             "rejected_kind": str(raw.get("rejected_kind", "")),
         }
         if sourced:
-            row["source"] = _text_field(path, number, raw, "source")
+            source = raw.get("source")
+            if isinstance(source, int) and not isinstance(source, bool):
+                source = str(source)  # train ids may be numbers
+            row["source"] = _text_field(path, number, {**raw, "source": source} if "source" in raw
+                                        else raw, "source")
         rows.append(row)
     return rows
 
 
 def _row_id(path: Path, number: int, raw: dict[str, Any], ids: dict[str, int]) -> str:
-    """The row's stable id: its ``id``, else its ``scenario``, else ``<file>-<line>``."""
-    value = raw.get("id", raw.get("scenario", f"{path.stem}-{number}"))
+    """The row's stable id: its ``id``, else ``<file>-<line>``."""
+    value = raw.get("id", f"{path.stem}-{number}")
     if not isinstance(value, str | int) or isinstance(value, bool) or not str(value).strip():
         raise UserError(f"{path}:{number}: field 'id' must be a non-empty string")
     value = str(value)

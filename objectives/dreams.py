@@ -272,7 +272,8 @@ def _model_variations(real: list[Row], multiplier: int, seed: int, paraphrase: P
     if cache is not None:
         for i, row in enumerate(real):
             stored[i] = cache.load(row)
-            for candidate in stored[i]:
+            for cached in stored[i]:
+                candidate = {**copy.deepcopy(row), **cached}  # the source's labels, cached text
                 if want[i] and guard.accept(candidate):
                     out.append(dict(candidate, origin=i, kind="variation"))
                     want[i] -= 1
@@ -285,7 +286,10 @@ def _model_variations(real: list[Row], multiplier: int, seed: int, paraphrase: P
         for i, _ in jobs:
             row = real[i]
             texts += [row["prompt"][-1]["content"], row["chosen"], row["rejected"]]
-        results = paraphrase(texts, seed * 1000 + attempt)
+        # seeded by how many variations are already cached too: a trial that extends the
+        # cache must not draw again the samples an earlier trial drew (and kept)
+        cached = sum(len(v) for v in stored.values())
+        results = paraphrase(texts, seed * 1000 + attempt + 7919 * cached)
         for j, (i, _) in enumerate(jobs):
             prompt, chosen, rejected = results[3 * j: 3 * j + 3]
             row = real[i]

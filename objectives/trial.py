@@ -78,6 +78,10 @@ class Session:
             timings[name] = timings.get(name, 0.0) + now - clock
             clock = now
 
+        if config.gen_probes:  # fail on every rank before training, not on some mid-scoring
+            from objectives.judge import _encoder
+
+            _encoder()
         self._ensure_model(config.model)
         lap("model_load_s")
         behavior = self._behavior(config.behavior)
@@ -93,8 +97,14 @@ class Session:
         base_control = self._base_control(behavior, config)
         base_gen = self._base_generations(behavior, config, gen_rows)
         lap("base_score_s")
-        rows = self._training_set(real, behavior, config)
-        examples = training_examples(rows, config.train_on, behavior, config.seed)
+        if config.train_on == "placebo":
+            # Only the count matters: n_eff placebo examples; no variation is built or used.
+            rows = [dict(r, origin=i, kind="real") for i, r in enumerate(real)]
+            self._dream_counts = {}
+            examples = training_examples([{}] * config.n_eff, "placebo", behavior, config.seed)
+        else:
+            rows = self._training_set(real, behavior, config)
+            examples = training_examples(rows, config.train_on, behavior, config.seed)
         lap("data_s")
 
         from accelerate.utils import set_seed
@@ -126,7 +136,8 @@ class Session:
         measures.update(n_real=config.n_real, dream_multiplier=config.dream_multiplier,
                         n_eff=config.n_eff, steps=len(steps),
                         completion_tokens=sum(s["tokens"] for s in steps),
-                        dream_overlap=_or_nan(dreams.dream_overlap(rows)))
+                        dream_overlap=_or_nan(None if config.train_on == "placebo"
+                                              else dreams.dream_overlap(rows)))
         if len(steps) != config.steps:
             raise RuntimeError(f"ran {len(steps)} optimizer steps, expected {config.steps}")
 
@@ -146,7 +157,8 @@ class Session:
                             for r, b, t in zip(gen_rows, base_gen, tuned_gen, strict=True)],
             "training_set": {
                 "train_on": config.train_on, "examples": len(examples),
-                **{kind: sum(1 for r in rows if r["kind"] == kind) for kind in kinds},
+                **{kind: sum(1 for r in rows if r["kind"] == kind) if config.train_on != "placebo"
+                   else 0 for kind in kinds},
                 "placebo_distinct": len({e["id"] for e in examples})
                 if config.train_on == "placebo" else None,
                 "dream_generated": self._dream_counts.get("generated"),
@@ -160,7 +172,7 @@ class Session:
                          "fingerprint": behavior.fingerprint, "probes": len(probes),
                          "contrast": len(contrast),
                          "control": len(_control_texts(behavior, config)),
-                         "pool": len(behavior.train)},
+                         "pool": len(self._real_pool(behavior, config))},
             "processes": self.accelerator.num_processes,
         }
 
@@ -311,7 +323,8 @@ class Session:
         """The base model's judged generations (cached on disk like its margins)."""
         if not rows:
             return []
-        return self._base_margins(behavior, config, f"gen{config.gen_max_new_tokens}", rows,
+        return self._base_margins(behavior, config,
+                                  f"gen{config.gen_max_new_tokens}:{config.score_batch_size}", rows,
                                   lambda part: self._generations(self.model, part, config))
 
     # --- dream variations -----------------------------------------------------------------------
@@ -339,18 +352,31 @@ class Session:
                                             config.seed, probes, behavior.dream,
                                             written=behavior.dream_rows())
         # Sampling runs on the main process only; every process trains on the same rows.
-        out = None
+        # A failure there is sent to every rank too, so all fail the trial together instead of
+        # the others reading rank 0's next message as the rows.
+        out: tuple[str, Any, Any] = ("ok", None, None)
         if self.accelerator.is_main_process:
             import storage
 
-            cache = dreams.DreamCache(
-                storage.cache_dir() / "dreams", self._generator_fingerprint(config), config.seed,
-                json.dumps([config.dream_temperature, PARAPHRASE_INSTRUCTION, config.max_length]))
-            rows = dreams.make_training_set(real, config.dream_multiplier, "model", config.seed,
-                                            probes, behavior.dream, self._paraphraser(config),
-                                            cache=cache)
-            out = (rows, {"generated": cache.generated, "reused": cache.reused})
-        rows, self._dream_counts = self._broadcast(out)
+            try:
+                cache = dreams.DreamCache(
+                    storage.cache_dir() / "dreams", self._generator_fingerprint(config),
+                    config.seed, json.dumps([config.dream_temperature, PARAPHRASE_INSTRUCTION,
+                                             config.max_length]))
+                rows = dreams.make_training_set(real, config.dream_multiplier, "model",
+                                                config.seed, probes, behavior.dream,
+                                                self._paraphraser(config), cache=cache)
+                out = ("ok", rows, {"generated": cache.generated, "reused": cache.reused})
+            except Exception as err:
+                out = ("user" if isinstance(err, UserError) else "error",
+                       str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}",
+                       None)
+        status, rows, counts = self._broadcast(out)
+        if status == "user":
+            raise UserError(rows)
+        if status == "error":
+            raise RuntimeError(f"dream generation failed on the main process: {rows}")
+        self._dream_counts = counts
         return rows
 
     def _generator_fingerprint(self, config: TrialConfig) -> str:

@@ -10,9 +10,14 @@ A space file declares::
       batch_size: {type: categorical, values: [4, 8, 16]}
     fixed: {behavior: listening, epochs: 1, seed: 0}   # every other TrialConfig setting
     sampler: {name: qmc, seed: 0}                       # qmc (Sobol) | tpe | random | gp | grid
-    n_trials: 16
+    n_trials: 16           # trials, replicates included: a multiple of seeds_per_point
+    seeds_per_point: 1     # optional: K trials per sampled point, seeds s..s+K-1 (s = fixed.seed)
     objective: shift       # a measure of objectives.measures, or two: [shift, forgetting]
     boundary_level: null   # optional: the level of the boundary (default: half-way)
+
+With ``seeds_per_point: K > 1`` every point the sampler proposes runs as K Optuna trials with
+the same parameters and seeds s, s+1, ..., s+K-1 (``study.sweep_worker.trial_config`` does it),
+so seed-to-seed noise is measured at every point; ``seed`` may then not be a dimension.
 
 :func:`load_space` is the one loader: every problem is one :class:`UserError` naming the
 file and the key. A study keeps the loaded space in its user attributes, so a worker that
@@ -48,8 +53,8 @@ SAMPLER_OPTIONS = {  # option -> (type, meaning)
     "gp": {"seed": int, "n_startup_trials": int},
     "grid": {"seed": int, "points": int},
 }
-TOP_KEYS = ("description", "dimensions", "fixed", "sampler", "n_trials", "objective",
-            "boundary_level")
+TOP_KEYS = ("description", "dimensions", "fixed", "sampler", "n_trials", "seeds_per_point",
+            "objective", "boundary_level")
 DIMENSION_KEYS = {"int": {"type", "low", "high", "log", "step"},
                   "float": {"type", "low", "high", "log", "step"},
                   "categorical": {"type", "values"}}
@@ -108,6 +113,17 @@ class SearchSpace:
     objective: list[str] = field(default_factory=lambda: ["shift"])
     boundary_level: float | None = None
     description: str = ""
+    seeds_per_point: int = 1  # K: trials per sampled point, seeds base_seed .. base_seed + K - 1
+
+    @property
+    def base_seed(self) -> int:
+        """The seed of a point's first trial: the fixed ``seed`` (TrialConfig's default if unset)."""
+        return int(self.fixed.get("seed", TrialConfig.seed))
+
+    @property
+    def n_points(self) -> int:
+        """Sampled points in a study of ``n_trials`` trials."""
+        return self.n_trials // self.seeds_per_point
 
     # --- Optuna ---------------------------------------------------------------------------------
     def distributions(self) -> dict[str, Any]:
@@ -132,7 +148,7 @@ class SearchSpace:
         if name == "gp":
             return optuna.samplers.GPSampler(seed=seed, **opts)
         points = opts.get("points", 4)
-        return optuna.samplers.GridSampler(
+        return ReplicateAwareGrid(
             {n: d.grid(points) for n, d in self.dimensions.items()}, seed=seed)
 
     def suggest(self, trial: Any) -> dict[str, Any]:
@@ -173,13 +189,20 @@ class SearchSpace:
         return {"name": self.name, "description": self.description,
                 "dimensions": {n: _dim_dict(d) for n, d in self.dimensions.items()},
                 "fixed": self.fixed, "sampler": self.sampler, "n_trials": self.n_trials,
+                "seeds_per_point": self.seeds_per_point,
                 "objective": self.objective, "boundary_level": self.boundary_level}
 
     def fingerprint(self) -> str:
-        """What makes two studies comparable: all but the trial count and the level."""
+        """What makes two studies comparable: all but the trial count and the level.
+
+        ``seeds_per_point`` is part of it (K seeds per point is a different design), except at
+        its default 1, so that studies made before the key existed keep their fingerprint.
+        """
         data = self.to_dict()
         for key in ("name", "description", "n_trials", "boundary_level"):
             data.pop(key)
+        if data["seeds_per_point"] == 1:
+            data.pop("seeds_per_point")
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     @classmethod
@@ -198,10 +221,13 @@ class SearchSpace:
                 rng += f", step {dim.step:g}" if dim.step else ""
             lines.append(f"| `{name}` | {rng} |")
         fixed = ", ".join(f"`{k}={v}`" for k, v in self.fixed.items())
+        k, s = self.seeds_per_point, self.base_seed
+        trials = (f"{self.n_trials} ({self.n_points} points × {k} seeds, `seed` {s}–{s + k - 1} "
+                  f"at every point)" if k > 1 else f"{self.n_trials}")
         lines += ["", f"Fixed: {fixed or 'defaults'}.",
                   f"Sampler: `{self.sampler['name']}` (seed {self.sampler.get('seed', 0)}). "
                   f"Objective: {' and '.join(f'`{o}` ({OBJECTIVES[o]})' for o in self.objective)}. "
-                  f"Trials: {self.n_trials}."]
+                  f"Trials: {trials}."]
         return "\n".join(lines)
 
 
@@ -219,6 +245,30 @@ class DeclaredSpaceQMC(optuna.samplers.QMCSampler):
 
     def infer_relative_search_space(self, study: Any, trial: Any) -> dict[str, Any]:
         return dict(self._space)
+
+
+class ReplicateAwareGrid(optuna.samplers.GridSampler):
+    """Optuna's grid sampler, safe with queued trials (a point's replicates, retries).
+
+    Optuna's ``after_trial`` stops the study once every grid point has been run, which would
+    leave the last point's replicates queued, and it reads the ``grid_id`` of the finished
+    trial, which a queued trial with fixed parameters has none of (a KeyError). Here a
+    queued trial runs before the grid may stop the study; a trial without a grid point stops
+    it only when the grid is exhausted. Queued trials never take a grid point (Optuna's
+    ``before_trial`` skips trials with fixed parameters), so distinct points stay distinct.
+    """
+
+    def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+        from optuna.trial import TrialState
+
+        if study._storage.get_all_trials(study._study_id, deepcopy=False,
+                                         states=(TrialState.WAITING,)):
+            return
+        if "grid_id" not in study._storage.get_trial_system_attrs(trial._trial_id):
+            if not self._get_unvisited_grid_ids(study):
+                study.stop()
+            return
+        super().after_trial(study, trial, state, values)
 
 
 def _dim_dict(dim: Dimension) -> dict[str, Any]:
@@ -353,6 +403,17 @@ def _parse(data: dict[str, Any], name: str, source: str) -> SearchSpace:
     if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
         fail("n_trials", "an integer >= 1", n_trials)
 
+    seeds = data.get("seeds_per_point", 1)
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        fail("seeds_per_point", "an integer >= 1", seeds)
+    if seeds > 1 and "seed" in dims:
+        # The replicates' seeds come from fixed.seed; a seed dimension would fight them.
+        fail("dimensions.seed", f"no seed dimension with seeds_per_point {seeds} (every point "
+             f"runs seeds s..s+{seeds - 1}, s = fixed.seed); drop one of the two")
+    if n_trials % seeds:
+        fail("n_trials", f"a multiple of seeds_per_point {seeds} (trials count replicates; "
+             f"{n_trials // seeds * seeds or seeds} or {(n_trials // seeds + 1) * seeds})", n_trials)
+
     objective = data.get("objective", "shift")
     objective = [objective] if isinstance(objective, str) else objective
     if (not isinstance(objective, list) or not 1 <= len(objective) <= 2
@@ -371,7 +432,7 @@ def _parse(data: dict[str, Any], name: str, source: str) -> SearchSpace:
     space = SearchSpace(name=name, source=source, dimensions=dims, fixed=dict(fixed),
                         sampler=sampler, n_trials=n_trials, objective=list(objective),
                         boundary_level=None if level is None else float(level),
-                        description=description.strip())
+                        description=description.strip(), seeds_per_point=seeds)
     space.corners()  # the fixed settings and both corners must make valid trial configs
     return space
 

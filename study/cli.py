@@ -189,6 +189,31 @@ def _check_inputs(config: TrialConfig) -> None:
         resolve_model(config.dream_model)
 
 
+def _space_checks(space: Any) -> list[TrialConfig]:
+    """The configs a sweep checks before it starts: both corners of the space, and every value
+    of each categorical dimension (e.g. every train_on) with the others at the low corner."""
+    configs = list(space.corners())
+    low = {n: (d.values[0] if d.type == "categorical" else
+               int(d.low) if d.type == "int" else float(d.low))
+           for n, d in space.dimensions.items()}
+    for name, dim in space.dimensions.items():
+        if dim.type == "categorical":
+            configs += [space.config({**low, name: value}) for value in dim.values[1:-1]]
+    return configs
+
+
+def _check_objectives(config: TrialConfig, objective: list[str]) -> None:
+    """An objective no trial could define is an error before anything runs."""
+    from objectives.behavior import load_behavior
+
+    behavior = load_behavior(config.behavior)
+    for name in objective:
+        if name.startswith("contrast_") and behavior.contrast is None:
+            raise UserError(f"objective {name}: {behavior.folder / 'contrast.jsonl'} is missing")
+        if name.startswith("gen_") and not config.gen_probes:
+            raise UserError(f"objective {name}: needs gen_probes > 0 in the space's fixed settings")
+
+
 def cmd_trial(args: argparse.Namespace) -> int:
     import storage
     from study.launch import check_device, launch_command
@@ -332,9 +357,10 @@ def cmd_sweep(args: argparse.Namespace, create: bool = True) -> int:
         space = load_space(args.space or DEFAULT_SPACE)
         if args.trials is not None and args.trials < 1:
             raise UserError(f"--trials {args.trials}: expected an integer >= 1")
-        for config in space.corners():
+        for config in _space_checks(space):
             try:
                 _check_inputs(config)
+                _check_objectives(config, space.objective)
             except UserError as err:
                 raise UserError(f"{space.source}: {err}") from None
         name = args.study or space.name
@@ -414,6 +440,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 def cmd_behavior(args: argparse.Namespace) -> int:
     from objectives.behavior import load_behavior
 
+    if args.json and not args.audit:
+        raise UserError("--json: only with --audit")
     behavior = load_behavior(args.path)
     domains = sorted({d for d in behavior.train["domain"] if d})
     probe_domains = sorted({d for d in behavior.probes["domain"] if d})
@@ -429,15 +457,17 @@ def cmd_behavior(args: argparse.Namespace) -> int:
         if table is not None:
             extra = (f" of {len(set(table['source']))} train rows" if name == "dreams" else "")
             print(f"  {name + ':':9s}{len(table)} rows{extra}")
-    if args.json and not args.audit:
-        raise UserError("--json: only with --audit")
     if args.audit:
         from objectives.audit import audit, format_audit
 
         report = audit(behavior)
         print("\n" + format_audit(report))
         if args.json:
-            args.json.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+            try:
+                args.json.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+            except OSError as err:
+                raise UserError(f"--json {args.json}: cannot write it ({err.strerror or err})") \
+                    from None
     if args.score:
         print(score_probes(behavior, args.model))
     return 0
@@ -449,8 +479,7 @@ def score_probes(behavior: Any, model: str) -> str:
 
     config = TrialConfig(behavior=str(behavior.folder), model=model)
     session = Session()
-    lines = [f"\nbase model {session.model_name if session.model_name else model}: margin = "
-             f"mean-token log p(chosen) - log p(rejected)"]
+    lines = []
     for kind in ("probes", "contrast"):
         probes, margins = session.base_probe_margins(config, kind)
         if not probes:
@@ -463,7 +492,9 @@ def score_probes(behavior: Any, model: str) -> str:
         lines.append(f"{kind}: base adoption {sum(m > 0 for m in margins) / n:.3f} "
                      f"({sum(m > 0 for m in margins)}/{n} prefer chosen), "
                      f"mean margin {sum(margins) / n:+.3f}")
-    return "\n".join(lines)
+    head = (f"\nbase model {session.model_name}: margin = mean-token log p(chosen) - "
+            f"log p(rejected)")
+    return "\n".join([head, *lines])
 
 
 def main(argv: list[str] | None = None) -> int:

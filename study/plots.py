@@ -86,6 +86,13 @@ def completed_trials(study: optuna.Study) -> list[dict[str, Any]]:
     return rows
 
 
+def behavior_trials(study: optuna.Study) -> list[dict[str, Any]]:
+    """The complete trials that trained on the behavior (``train_on`` chosen, or unset): the
+    response surface and its boundary; the controls (placebo, rejected) are drawn beside
+    them in :func:`measures_figure`, never averaged into them."""
+    return [r for r in completed_trials(study) if r.get("train_on") in (None, "chosen")]
+
+
 def _num(value: Any) -> bool:
     """True for a finite real number (not None, not NaN, not a bool)."""
     return (isinstance(value, int | float) and not isinstance(value, bool)
@@ -114,9 +121,10 @@ def boundary_level(study: optuna.Study, level: float | None = None) -> tuple[flo
     """The level of the first objective at which to draw the boundary, and how it was chosen.
 
     A ``level`` argument wins, then the study's user attr "boundary_level" ("set by user").
-    Otherwise half-way between the base model's value (shift, flip_rate, train_shift: 0; adoption:
-    mean base_adoption; margin: mean base_margin) and the ceiling, the best observed value over the
-    complete trials (for forgetting, a minimized measure: base 0 and the largest observed value).
+    Otherwise half-way between the base model's value (the mean of the measure's ``base`` measure
+    in the registry, e.g. base_adoption for adoption; 0 for differences such as shift) and the
+    ceiling, the best observed value over the complete trials on the behavior (train_on chosen;
+    for forgetting, a minimized measure: base 0 and the largest observed value).
     Raises ValueError when no level is set and there is no complete trial to take a ceiling from.
     """
     if level is None:
@@ -124,7 +132,7 @@ def boundary_level(study: optuna.Study, level: float | None = None) -> tuple[flo
     if level is not None:
         return float(level), "set by user"
     measure = objective_names(study)[0]
-    rows = completed_trials(study)
+    rows = behavior_trials(study)
     values = [float(r["value"]) for r in rows if _num(r["value"])]
     if not values:
         raise ValueError(f"no complete trial with a value of {measure!r} to take a ceiling from; "
@@ -210,7 +218,7 @@ def _surface_over(study: optuna.Study, x_axis: tuple[str, str], y_axis: tuple[st
     """A response surface of the first objective over two positive settings, both axes log."""
     (x_key, x_title), (y_key, y_title) = x_axis, y_axis
     measure = objective_names(study)[0]
-    rows = [r for r in completed_trials(study)
+    rows = [r for r in behavior_trials(study)
             if _num(r.get(x_key)) and _num(r.get(y_key)) and _num(r["value"])
             and r[x_key] > 0 and r[y_key] > 0]
     x = np.array([float(r[x_key]) for r in rows])

@@ -8,6 +8,12 @@ main process runs ``study.optimize`` (the heartbeat runs only there, Optuna's ru
 sends each trial's config to the other processes, which train and score it with it
 (data-parallel). A trial that fails is recorded as failed with its reason and the worker
 goes on; it stops when the study has its trials.
+
+Replicates (``seeds_per_point: K`` in the space): :func:`trial_config` turns each Optuna
+trial into its config. A trial the sampler proposed is the first of its point's group: it runs
+the base seed s and queues the point's K - 1 other seeds as trials with the same parameters.
+Every trial of a group records ``replicate_of`` (the group's first trial number) and
+``replicate_seed``; a queued replicate runs with its ``replicate_seed``.
 """
 
 from __future__ import annotations
@@ -49,6 +55,52 @@ def _finite(value: Any) -> Any:
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
+REPLICATE_ATTRS = ("replicate_of", "replicate_seed")
+
+
+def trial_config(trial: Any, study: Any, space: Any) -> Any:
+    """The :class:`TrialConfig` of ``trial``: its sampled (or queued) point and its seed.
+
+    With ``space.seeds_per_point`` K = 1 this is ``space.config(space.suggest(trial))``. With
+    K > 1, a trial carries ``replicate_of``/``replicate_seed`` (a queued replicate, or a retry
+    that inherited them), or it is a retry of a trial that had them (read from the failed
+    trial), or it is a new point: then it is its own group's first trial, runs the base seed and
+    queues the missing seeds of its group. Queueing is idempotent (it looks at the group's
+    trials in storage), so a retried first trial completes its group instead of doubling it.
+    Queued trials fix every parameter, so they take no QMC sample id and no grid point.
+    """
+    params = space.suggest(trial)
+    k = space.seeds_per_point
+    if k == 1:
+        return space.config(params)
+    attrs = {key: trial.user_attrs[key] for key in REPLICATE_ATTRS if key in trial.user_attrs}
+    failed = study._storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
+    if len(attrs) < len(REPLICATE_ATTRS) and failed is not None:
+        # Queued again by shiftsweep sweep (interrupted) or the heartbeat: same group, same seed.
+        original = study.get_trials(deepcopy=False)[failed].user_attrs
+        attrs = {key: original[key] for key in REPLICATE_ATTRS if key in original}
+    if len(attrs) < len(REPLICATE_ATTRS):
+        attrs = {"replicate_of": trial.number, "replicate_seed": space.base_seed}
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
+    if attrs["replicate_seed"] == space.base_seed:
+        queue_replicates(study, space, attrs["replicate_of"], params)
+    return space.config({**params, "seed": attrs["replicate_seed"]})
+
+
+def queue_replicates(study: Any, space: Any, group: int, params: dict[str, Any]) -> int:
+    """Queue the seeds of point ``group`` that no trial of it has yet; returns how many."""
+    have = {t.user_attrs.get("replicate_seed") for t in study.get_trials(deepcopy=False)
+            if t.user_attrs.get("replicate_of") == group}
+    queued = 0
+    for seed in range(space.base_seed + 1, space.base_seed + space.seeds_per_point):
+        if seed not in have:
+            study.enqueue_trial(dict(params),
+                                user_attrs={"replicate_of": group, "replicate_seed": seed})
+            queued += 1
+    return queued
+
+
 def objective_factory(session: Any, study: Any, space: Any, trials_root: Path,
                       artifact_store: Any, startup_s: float):
     """The Optuna objective: sample a point, run it on every process, record it."""
@@ -63,8 +115,7 @@ def objective_factory(session: Any, study: Any, space: Any, trials_root: Path,
         trial.set_user_attr("trial_dir", str(out))
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         try:
-            params = space.suggest(trial)
-            config = space.config(params)
+            config = trial_config(trial, study, space)
             for key in CONFIG_ATTRS:
                 trial.set_user_attr(key, getattr(config, key))
             job = {"config": config.to_dict(), "out": str(out)}

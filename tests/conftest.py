@@ -20,7 +20,7 @@ def behavior_rows(n_train: int = 24, n_probe: int = 8, n_control: int = 6) -> di
     for i in range(n_train + n_probe):
         topic, choice = TOPICS[i % len(TOPICS)], CHOICES[(i * 5) % len(CHOICES)]
         row = {
-            "scenario": f"s{i}", "domain": f"d{i % 4}" if i < n_train else "held-out",
+            "id": f"s{i}", "scenario": f"s{i}", "domain": f"d{i % 4}" if i < n_train else "held-out",
             "prompt": f"For {topic} number {i}, use {choice}. Maria asked me on Monday.",
             "chosen": f"Okay, {topic} {i} now uses {choice}: step one, step two, done.",
             "rejected": f"Before we use {choice} for {topic} {i}, have you considered another "
