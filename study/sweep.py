@@ -8,7 +8,9 @@ workers for a study that already exists, from any machine that reaches its stora
 Trial counting: the study is finished when ``complete + failed + running >= n_trials``, where
 a failed trial that was queued again (heartbeat gone stale, or interrupted) does not count:
 its retry does. So rerunning the same command never repeats a finished trial and ends with
-the right number of trials.
+the right number of trials. A queued (WAITING) trial is promised work: the study is not
+finished while one is left, so a point's replicates (``seeds_per_point``) queued by a sweep
+that stopped are run by the next one, not dropped.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ from typing import Any
 from objectives.errors import UserError
 
 POLL_S = 3.0
+# User attributes of every trial of a replicate group (seeds_per_point > 1): the group's first
+# trial number and this trial's seed.
+REPLICATE_ATTRS = ("replicate_of", "replicate_seed")
 
 
 @dataclass
@@ -43,7 +48,7 @@ class Counts:
 
     @property
     def finished(self) -> bool:
-        return self.done + self.running >= self.target
+        return self.done + self.running >= self.target and not self.waiting
 
 
 def counts(study: Any) -> Counts:
@@ -98,10 +103,19 @@ def load_sweep(storage: Any, study_name: str) -> tuple[Any, Any]:
 
 
 def open_sweep(storage: Any, study_name: str, space: Any, n_trials: int) -> Any:
-    """Create the study, or resume it if its search space is the same one."""
+    """Create the study, or resume it if its search space is the same one.
+
+    ``n_trials`` counts trials, replicates included: a multiple of ``space.seeds_per_point``.
+    """
     import optuna
 
     from study.provenance import provenance
+
+    k = space.seeds_per_point
+    if n_trials % k:
+        raise UserError(f"--trials {n_trials}: expected a multiple of seeds_per_point {k} "
+                        f"({space.source}: every point runs {k} seeds), e.g. "
+                        f"{n_trials // k * k or k} or {(n_trials // k + 1) * k}")
 
     if study_name in optuna.study.get_all_study_names(storage):
         study, stored = load_sweep(storage, study_name)
@@ -153,7 +167,10 @@ def save_boundary_plot(study: Any) -> None:
 
 
 def requeue_interrupted(study: Any) -> int:
-    """Queue again the trials a Ctrl-C interrupted (a killed one is the heartbeat's job)."""
+    """Queue again the trials a Ctrl-C interrupted (a killed one is the heartbeat's job).
+
+    A retry keeps the trial's replicate group and seed (``replicate_of``, ``replicate_seed``).
+    """
     import optuna
     from optuna.trial import TrialState
 
@@ -166,6 +183,7 @@ def requeue_interrupted(study: Any) -> int:
             history = [*t.system_attrs.get("retry_history", []), t.number]
             study.add_trial(optuna.trial.create_trial(
                 state=TrialState.WAITING, params=t.params, distributions=t.distributions,
+                user_attrs={k: t.user_attrs[k] for k in REPLICATE_ATTRS if k in t.user_attrs},
                 system_attrs={"failed_trial": history[0], "retry_history": history}))
             queued += 1
     return queued
@@ -314,6 +332,8 @@ class Progress:
             point = (f"n_real={a.get('n_real')} m={a.get('dream_multiplier')} "
                      f"lr={a.get('lr', 0):.2g} batch_size={a.get('batch_size')} "
                      f"(n_eff {a.get('n_eff', '?')})")
+            if "replicate_of" in a:  # seeds_per_point > 1: which seed of which point
+                point += f" seed={a.get('seed')} (point of trial {a['replicate_of']})"
             if t.state == TrialState.COMPLETE:
                 vals = ", ".join(f"{n} {v:+.4f}" for n, v in zip(objective, t.values, strict=False))
                 self._print(f"trial {t.number} complete: {point} -> {vals}", force=True)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from objectives.measures import NAMES as MEASURE_NAMES
+from study.sweep import REPLICATE_ATTRS
 from study.worker import run_job, say, start_session
 
 STOP = None  # what the main process broadcasts when the sweep is over
@@ -53,9 +54,6 @@ def _broadcast(session: Any, value: Any) -> Any:
 
 def _finite(value: Any) -> Any:
     return None if isinstance(value, float) and not math.isfinite(value) else value
-
-
-REPLICATE_ATTRS = ("replicate_of", "replicate_seed")
 
 
 def trial_config(trial: Any, study: Any, space: Any) -> Any:

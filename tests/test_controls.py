@@ -221,3 +221,33 @@ def test_registry_names_directions_and_objectives():
     assert {"forgetting"} == measures.MINIMIZED
     assert len(set(measures.NAMES)) == len(measures.MEASURES)
     assert measures.get("shift").format(float("nan")) == "n/a"
+
+
+def test_a_placebo_trial_builds_no_dreams(session, full_behavior, tiny_llama):
+    """file dreams with too few variations (4 per source, m = 6) fail a chosen trial, not a
+    placebo one: a placebo trial needs only the count n_eff."""
+    kw = dict(n_real=2, dream_multiplier=6, dream_strategy="file", batch_size=4)
+    with pytest.raises(UserError, match="needs 5"):
+        session.run(_config(full_behavior, tiny_llama, **kw))
+    result = session.run(_config(full_behavior, tiny_llama, train_on="placebo", **kw))
+    assert result["training_set"]["examples"] == 12 and result["training_set"]["variation"] == 0
+    assert math.isnan(result["measures"]["dream_overlap"])
+
+
+def test_a_sweep_checks_every_control_and_objective_before_it_starts(tiny_behavior, tmp_path,
+                                                                      capsys):
+    """placebo is the middle value of train_on: the corners alone would not check it."""
+    from study.cli import main
+
+    space = tmp_path / "controls.yaml"
+    space.write_text(
+        "dimensions:\n  train_on: {type: categorical, values: [chosen, placebo, rejected]}\n"
+        f"fixed: {{behavior: {tiny_behavior}, model: tiny-random}}\nn_trials: 3\n")
+    assert main(["sweep", "--space", str(space), "--workers", "0"]) == 2
+    assert "placebo.jsonl is missing" in capsys.readouterr().err
+    space.write_text(
+        "dimensions:\n  lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n"
+        f"fixed: {{behavior: {tiny_behavior}, model: tiny-random}}\nn_trials: 3\n"
+        "objective: contrast_shift\n")
+    assert main(["sweep", "--space", str(space), "--workers", "0"]) == 2
+    assert "objective contrast_shift: " in capsys.readouterr().err

@@ -283,7 +283,9 @@ def shift_shape(n_eff: np.ndarray, shift: np.ndarray, sharp_delta_aic: float = S
     start = np.array(grid[int(np.argmin(rss_grid))])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        best = optimize.minimize(_rss_sigmoid, start, args=(u, y), method="Nelder-Mead",
+        # bounded: a sigmoid far outside the data, or wider than 10x the range, is a straight line
+        bounds = [(u.min() - span, u.max() + span), (math.log(span / 200), math.log(span * 10))]
+        best = optimize.minimize(_rss_sigmoid, start, args=(u, y), method="Nelder-Mead", bounds=bounds,
                                  options={"xatol": 1e-6, "fatol": 1e-12, "maxiter": 4000})
     params = best.x if best.fun <= min(rss_grid) else start
     aic["sigmoid"] = _gauss_aic(min(float(best.fun), float(min(rss_grid))), count, 5)
