@@ -22,6 +22,10 @@ STORAGE ?=
 LEVEL ?=
 PORT ?= 8080
 HOST ?= 127.0.0.1
+# make icl [K=0,1,3,5,8,16] [SEEDS="0 1 2"] [N_PROBES=24] [STUDY=listening-icl]
+K ?=
+SEEDS ?=
+N_PROBES ?=
 # make trial N_REAL=6 M=10 LR=1e-4 BS=8 SEED=0 DREAMS=file TRAIN_ON=chosen
 N_REAL ?= 6
 M ?= 10
@@ -37,7 +41,7 @@ WORKER_FLAGS = $(call opt,--workers,$(WORKERS)) $(call opt,--gpus,$(GPUS)) \
 	$(if $(GPUS),--gpus-per-trial $(GPUS_PER_TRIAL)) $(call opt,--storage,$(STORAGE))
 
 .PHONY: install system-deps test test-fast lint sweep worker plots dashboard bench trial \
-	behavior clean
+	behavior icl report clean
 install: $(VENV)/.installed system-deps
 
 $(VENV)/.installed: pyproject.toml constraints.txt Makefile
@@ -97,6 +101,10 @@ bench: install
 trial: install
 	$(BIN)/shiftsweep trial --n-real $(N_REAL) --dream-multiplier $(M) --lr $(LR) \
 		--batch-size $(BS) --seed $(SEED) --dream-strategy $(DREAMS) --train-on $(TRAIN_ON)
+
+icl: install
+	$(BIN)/shiftsweep icl $(call opt,--k,$(K)) $(call opt,--seeds,$(SEEDS)) \
+		$(call opt,--n-probes,$(N_PROBES)) $(call opt,--study,$(STUDY)) $(call opt,--storage,$(STORAGE))
 
 behavior: install
 	$(BIN)/shiftsweep behavior listening --audit

@@ -5,7 +5,8 @@
     shiftsweep plots --study NAME                  # boundary figures into exports/NAME/
     shiftsweep dashboard [--port 8080]             # optuna-dashboard on the storage
     shiftsweep trial --n-real 6 --dream-multiplier 10 --lr 1e-4 --batch-size 8
-    shiftsweep behavior PATH                       # validate a behavior folder and describe it
+    shiftsweep behavior PATH [--audit]             # validate a behavior folder, audit its style
+    shiftsweep icl --k 0,1,3,5,8,16 --seeds 0 1 2  # in-context baseline, its own study
 
 ``trial`` validates its flags here, then runs the worker under ``accelerate launch`` (one
 CPU process by default; ``--processes N`` for N processes or GPUs) and prints the measures.
@@ -127,6 +128,12 @@ def _parser() -> argparse.ArgumentParser:
     behavior.add_argument("--score", action="store_true",
                           help="also score every probe with the base model (margin, adoption)")
     behavior.add_argument("--model", default=defaults.model, help="the model for --score")
+    from study.icl import add_arguments as icl_arguments
+
+    icl = sub.add_parser("icl", help="in-context baseline: score the probes with k real "
+                                     "examples as prior turns, no training (its own study)")
+    icl_arguments(icl)
+
     behavior.add_argument("--audit", action="store_true",
                           help="style audit: can the answers alone, without the prompt, tell "
                                "chosen from rejected? (surface rates, n-grams, a style classifier)")
@@ -437,6 +444,12 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return subprocess.call(cmd)
 
 
+def cmd_icl(args: argparse.Namespace) -> int:
+    from study.icl import cmd_icl as run_icl
+
+    return run_icl(args)
+
+
 def cmd_behavior(args: argparse.Namespace) -> int:
     from objectives.behavior import load_behavior
 
@@ -500,14 +513,14 @@ def score_probes(behavior: Any, model: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    if args.command in ("sweep", "worker", "plots", "dashboard"):
+    if args.command in ("sweep", "worker", "plots", "dashboard", "icl"):
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         commands = {"trial": cmd_trial, "behavior": cmd_behavior, "sweep": cmd_sweep,
                     "worker": lambda a: cmd_sweep(a, create=False), "plots": cmd_plots,
-                    "dashboard": cmd_dashboard}
+                    "dashboard": cmd_dashboard, "icl": cmd_icl}
         return commands[args.command](args)
     except UserError as err:
         print(f"shiftsweep: error: {err}", file=sys.stderr)

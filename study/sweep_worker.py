@@ -187,19 +187,24 @@ def run(study_name: str, storage_url: str, heartbeat_s: int, artifacts: Path,
     artifacts.mkdir(parents=True, exist_ok=True)
     store = FileSystemArtifactStore(str(artifacts))
     objective = objective_factory(session, study, space, root, store, startup_s)
-
-    def stop_when_done(study: optuna.Study, trial: Any) -> None:
-        if sweep_finished(study):
-            study.stop()
-
     try:
         if not sweep_finished(study):
             say(f"worker {socket.gethostname()}:{os.getpid()} joins study {study_name!r}")
-            study.optimize(objective, callbacks=[stop_when_done], catch=(Exception,),
-                           gc_after_trial=False)
+            optimize(study, objective)
     finally:
         _broadcast(session, STOP)
     return 0
+
+
+def optimize(study: Any, objective: Any) -> None:
+    """Run trials until the study has its trials (queued replicates and retries included)."""
+    from study.sweep import sweep_finished
+
+    def stop_when_done(study: Any, trial: Any) -> None:
+        if sweep_finished(study):
+            study.stop()
+
+    study.optimize(objective, callbacks=[stop_when_done], catch=(Exception,), gc_after_trial=False)
 
 
 def _default_trials_root(study_name: str) -> Path:
