@@ -92,6 +92,12 @@ plots: install
 	$(BIN)/shiftsweep plots --study $(or $(STUDY),$(SPACE)) $(call opt,--storage,$(STORAGE)) \
 		$(call opt,--level,$(LEVEL))
 
+# make report STUDY=listening-cpu [BOOT=200]
+BOOT ?=
+report: install
+	$(BIN)/shiftsweep analyze --study $(or $(STUDY),$(SPACE)) $(call opt,--storage,$(STORAGE)) \
+		$(call opt,--boot,$(BOOT))
+
 dashboard: install
 	$(BIN)/shiftsweep dashboard --host $(HOST) --port $(PORT) $(call opt,--storage,$(STORAGE))
 

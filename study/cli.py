@@ -3,6 +3,7 @@
     shiftsweep sweep [--space listening-cpu] [--trials N] [--workers N] [--gpus 0,1,2,3]
     shiftsweep worker --study NAME --storage URL   # join a running study from another machine
     shiftsweep plots --study NAME                  # boundary figures into exports/NAME/
+    shiftsweep analyze --study NAME                # the verdict: exports/NAME/report.html
     shiftsweep dashboard [--port 8080]             # optuna-dashboard on the storage
     shiftsweep trial --n-real 6 --dream-multiplier 10 --lr 1e-4 --batch-size 8
     shiftsweep behavior PATH [--audit]             # validate a behavior folder, audit its style
@@ -117,6 +118,20 @@ def _parser() -> argparse.ArgumentParser:
     plots.add_argument("--level", type=float, default=None,
                        help="boundary level (default: half-way from base to the best observed)")
     plots.add_argument("--no-static", action="store_true", help="HTML only, no PNG/SVG")
+
+    analyze = sub.add_parser("analyze", help="the verdict of a study, with intervals: "
+                                             "exports/<study>/report.html and summary.json")
+    analyze.add_argument("--study", default=None, help="study name (default: listening-cpu)")
+    analyze.add_argument("--storage", default=None)
+    analyze.add_argument("--out", type=Path, default=None, help="default: exports/<study>/")
+    analyze.add_argument("--boot", type=int, default=200, help="bootstrap replicates (90%% intervals)")
+    analyze.add_argument("--seed", type=int, default=0, help="the bootstrap's seed")
+    analyze.add_argument("--icl-study", default=None,
+                         help="the in-context study to draw beside (default: <behavior>-icl "
+                              "when the storage has it)")
+    analyze.add_argument("--no-static", action="store_true", help="HTML and JSON only, no PNG/SVG")
+    analyze.add_argument("--no-dashboard", action="store_true",
+                         help="do not put the summary and figures on the dashboard page")
 
     dash = sub.add_parser("dashboard", help="start optuna-dashboard on a storage")
     storage_flags(dash)
@@ -423,6 +438,35 @@ def cmd_plots(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    import optuna
+
+    import storage
+    from study.analysis.report import analyze, to_dashboard, write_report
+
+    if args.boot < 10:
+        raise UserError(f"--boot {args.boot}: expected 10 or more replicates")
+    name = args.study or "listening-cpu"
+    store = storage.open_storage(args.storage)
+    names = optuna.study.get_all_study_names(store)
+    if name not in names:
+        raise UserError(f"--study {name}: no such study in this storage")
+    study = optuna.load_study(study_name=name, storage=store)
+    icl_name = args.icl_study or f"{study.user_attrs.get('behavior', 'listening')}-icl"
+    if args.icl_study and icl_name not in names:
+        raise UserError(f"--icl-study {icl_name}: no such study in this storage")
+    icl = optuna.load_study(study_name=icl_name, storage=store) if icl_name in names else None
+    result = analyze(study, n_boot=args.boot, seed=args.seed, icl_study=icl)
+    out = (args.out or Path("exports") / name).resolve()
+    for path in write_report(result, out, static=not args.no_static):
+        print(path)
+    if not args.no_dashboard:
+        to_dashboard(study, result)
+    v = result.summary.get("verdict", {})
+    print(f"verdict: {v.get('label')} - {v.get('rule')}", file=sys.stderr)
+    return 0
+
+
 def cmd_dashboard(args: argparse.Namespace) -> int:
     import storage
     from study.sweep import dashboard_command
@@ -513,14 +557,14 @@ def score_probes(behavior: Any, model: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    if args.command in ("sweep", "worker", "plots", "dashboard", "icl"):
+    if args.command in ("sweep", "worker", "plots", "dashboard", "icl", "analyze"):
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         commands = {"trial": cmd_trial, "behavior": cmd_behavior, "sweep": cmd_sweep,
                     "worker": lambda a: cmd_sweep(a, create=False), "plots": cmd_plots,
-                    "dashboard": cmd_dashboard, "icl": cmd_icl}
+                    "dashboard": cmd_dashboard, "icl": cmd_icl, "analyze": cmd_analyze}
         return commands[args.command](args)
     except UserError as err:
         print(f"shiftsweep: error: {err}", file=sys.stderr)
