@@ -30,6 +30,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import threading
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -236,15 +237,43 @@ class DeclaredSpaceQMC(optuna.samplers.QMCSampler):
 
     Optuna's QMCSampler infers its space from the first trial, which it samples at random;
     here the space is declared, so every trial, the first included, is a QMC point.
+
+    Which Sobol point a trial gets: Optuna counts samples in a study attribute (read, then
+    written: two workers sampling at once can get the same point). Here a trial's point is
+    its rank among the study's sampled trials, from the trial numbers the storage hands out
+    atomically: queued trials (a point's replicates, which fix every parameter) and retries
+    (which reuse their original's parameters) take no point, and a retry that must sample
+    gets its original's. Without concurrency and queued trials this is Optuna's sequence.
     """
 
     def __init__(self, space: dict[str, Any], seed: int, scramble: bool = True) -> None:
         super().__init__(qmc_type="sobol", seed=seed, scramble=scramble,
                          warn_independent_sampling=False)
         self._space = dict(space)
+        self._sampling = threading.local()  # the trial being sampled, for _find_sample_id
 
     def infer_relative_search_space(self, study: Any, trial: Any) -> dict[str, Any]:
         return dict(self._space)
+
+    def sample_relative(self, study: Any, trial: Any, search_space: dict[str, Any]) -> dict[str, Any]:
+        self._sampling.trial = trial
+        try:
+            return super().sample_relative(study, trial, search_space)
+        finally:
+            self._sampling.trial = None
+
+    def _find_sample_id(self, study: Any, search_space: dict[str, Any]) -> int:
+        trial = getattr(self._sampling, "trial", None)
+        if trial is None:  # not reached through sample_relative: Optuna's own counter
+            return super()._find_sample_id(study, search_space)
+        number = trial.system_attrs.get("failed_trial", trial.number)
+        return sum(1 for t in study._storage.get_all_trials(study._study_id, deepcopy=False)
+                   if t.number < number and _takes_a_point(t))
+
+
+def _takes_a_point(trial: Any) -> bool:
+    """Whether a trial was sampled (not queued with fixed parameters, not a retry)."""
+    return "fixed_params" not in trial.system_attrs and "failed_trial" not in trial.system_attrs
 
 
 class ReplicateAwareGrid(optuna.samplers.GridSampler):

@@ -182,6 +182,7 @@ def run(study_name: str, storage_url: str, heartbeat_s: int, artifacts: Path,
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(storage_url, heartbeat_s=heartbeat_s)
+    serialize_sqlite_pops(storage)
     study, space = load_sweep(storage, study_name)
     root = trials_root or _default_trials_root(study_name)
     artifacts.mkdir(parents=True, exist_ok=True)
@@ -194,6 +195,32 @@ def run(study_name: str, storage_url: str, heartbeat_s: int, artifacts: Path,
     finally:
         _broadcast(session, STOP)
     return 0
+
+
+def serialize_sqlite_pops(storage: Any) -> None:
+    """On SQLite, make every transaction of this worker take the write lock when it begins.
+
+    Optuna pops a queued trial by reading it WAITING and then setting it RUNNING; PostgreSQL
+    and MySQL lock the row between the two (SELECT ... FOR UPDATE), SQLite ignores that, so
+    two local workers could both pop the same queued trial (a replicate, a retry): both run
+    it into the same folder, and the second to finish dies on "Cannot tell a COMPLETE
+    trial". ``BEGIN IMMEDIATE`` (SQLAlchemy's recipe for SQLite) serializes the pops;
+    Optuna's transactions are short, and the busy timeout (``storage.open_storage``) waits.
+    """
+    engine = getattr(storage, "engine", None)
+    if engine is None or engine.dialect.name != "sqlite":
+        return
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _no_implicit_transactions(dbapi_connection: Any, record: Any) -> None:
+        dbapi_connection.isolation_level = None  # let BEGIN below start every transaction
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections made before the listeners: replaced by new ones
 
 
 def optimize(study: Any, objective: Any) -> None:

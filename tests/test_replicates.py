@@ -8,6 +8,7 @@ test runs ``shiftsweep sweep`` end to end on the tiny model.
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from optuna.trial import TrialState
 import storage
 from objectives.errors import UserError
 from search_spaces import HERE as SPACES
-from search_spaces import load_space
+from search_spaces import DeclaredSpaceQMC, load_space
 from study import sweep, sweep_worker
 
 SMOKE = SPACES / "smoke.yaml"
@@ -76,9 +77,11 @@ def worker_objective(study, space, tmp_path, monkeypatch, fake: FakeTraining):
 
 def new_sweep(tmp_path, name: str = "reps", n_trials: int | None = None, **top):
     """A study created as ``shiftsweep sweep`` creates it, then joined as a worker joins it."""
+    if n_trials is not None:
+        top["n_trials"] = n_trials
     space = load_space(space_file(tmp_path, name, **top))
     store = storage.open_storage()
-    sweep.open_sweep(store, name, space, n_trials or space.n_trials)
+    sweep.open_sweep(store, name, space, space.n_trials)
     return sweep.load_sweep(store, name)
 
 
@@ -111,8 +114,13 @@ def assert_complete_groups(trials, k: int, points: int, base_seed: int = 0) -> d
 
 
 def first_sobol_points(space, n: int) -> list[tuple]:
-    """What the same sampler proposes for ``n`` trials without replicates."""
-    study = optuna.create_study(directions=space.directions, sampler=space.make_sampler())
+    """The first ``n`` points of the space's Sobol sequence, one trial after another, with
+    Optuna's own sample counter (a study attribute) choosing each trial's point."""
+    sampler = space.make_sampler()
+    assert isinstance(sampler, DeclaredSpaceQMC)
+    sampler._find_sample_id = functools.partial(optuna.samplers.QMCSampler._find_sample_id,
+                                                sampler)
+    study = optuna.create_study(directions=space.directions, sampler=sampler)
     out = []
     for _ in range(n):
         trial = study.ask()
@@ -173,7 +181,7 @@ def test_a_stopped_sweep_runs_its_queued_replicates_when_resumed(tmp_path, monke
     waiting = [t for t in study.get_trials() if t.state == TrialState.WAITING]
     assert [(t.user_attrs["replicate_of"], t.user_attrs["replicate_seed"]) for t in waiting] \
         == [(0, 1), (0, 2)]
-    assert waiting[0].params == study.trials[0].params
+    assert waiting[0].system_attrs["fixed_params"] == study.trials[0].params
     assert not sweep.sweep_finished(study)  # queued replicates are work still to do
 
     again, space = sweep.load_sweep(storage.open_storage(), "reps")  # a new worker joins
@@ -213,18 +221,48 @@ def test_a_retried_trial_keeps_its_group_and_seed(tmp_path, monkeypatch, retry, 
 
 def test_two_workers_keep_groups_whole(tmp_path, monkeypatch):
     study, space = new_sweep(tmp_path, seeds_per_point=2, n_trials=8)
-    objective = worker_objective(study, space, tmp_path, monkeypatch, FakeTraining(sleep_s=0.05))
-    workers = [threading.Thread(target=sweep_worker.optimize, args=(study, objective))
-               for _ in range(2)]
+    fake = FakeTraining(sleep_s=0.05)  # both workers finish at once: they race for the queue
+    joined = []
+    for _ in range(2):  # as two worker processes do: their own storage, SQLite pops serialized
+        store = storage.open_storage()
+        sweep_worker.serialize_sqlite_pops(store)
+        joined.append(sweep.load_sweep(store, "reps")[0])
+    errors: list[BaseException] = []
+
+    def work(study, objective):
+        try:
+            sweep_worker.optimize(study, objective)
+        except BaseException as err:  # e.g. "Cannot tell a COMPLETE trial": a trial run twice
+            errors.append(err)
+
+    workers = [threading.Thread(target=work,
+                                args=(s, worker_objective(s, space, tmp_path, monkeypatch, fake)))
+               for s in joined]
     for w in workers:
         w.start()
     for w in workers:
         w.join(timeout=120)
+    assert not errors, errors
     trials = study.get_trials()
     assert not [t for t in trials if t.state != TrialState.COMPLETE], "nothing left queued"
+    assert len(fake.jobs) == len(trials), "no queued trial popped and run by both workers"
     # Two workers may each start a point at once: at most one extra group, never half a one.
     assert len(trials) in (8, 10)
     assert_complete_groups(trials, k=2, points=len(trials) // 2)
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_a_sobol_point_follows_the_trial_number_not_the_order_of_sampling(tmp_path):
+    # Two workers that ask at once and sample in the other order still get distinct points,
+    # the ones a single worker gets; a queued trial in between takes none.
+    study, space = new_sweep(tmp_path, seeds_per_point=2, n_trials=4)
+    first = study.ask()
+    study.enqueue_trial({"n_real": 1, "dream_multiplier": 1, "lr": 1e-3, "batch_size": 2})
+    queued = study.ask()
+    second = study.ask()
+    points = {n: tuple(sorted(space.suggest(t).items())) for n, t in
+              [(2, second), (0, first), (1, queued)]}
+    assert [points[0], points[2]] == first_sobol_points(space, 2)
 
 
 def test_the_trial_count_must_be_a_multiple_of_the_seeds(tmp_path):

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from objectives.errors import UserError
-from search_spaces import HERE, SAMPLERS, load_space, shipped_spaces
+from search_spaces import HERE, SAMPLERS, SearchSpace, load_space, shipped_spaces
 
 GOOD = {
     "dimensions": {"n_real": {"type": "int", "low": 1, "high": 40, "log": True},
@@ -40,8 +40,8 @@ def test_every_shipped_space_loads_samples_and_names_its_command(name):
     space = load_space(name)
     study = optuna.create_study(directions=space.directions, sampler=space.make_sampler())
     seen = set()
-    for _ in range(6):
-        trial = study.ask()
+
+    def objective(trial):
         params = space.suggest(trial)
         config = space.config(params)
         for key, dim in space.dimensions.items():
@@ -51,7 +51,10 @@ def test_every_shipped_space_loads_samples_and_names_its_command(name):
             else:
                 assert dim.low <= value <= dim.high
         seen.add(tuple(sorted(params.items())))
-        study.tell(trial, [0.0] * len(space.directions))
+        return [0.0] * len(space.directions)
+
+    # Inside optimize: a grid of 6 points (listening-controls) stops the study at its end.
+    study.optimize(objective, n_trials=6)
     assert len(seen) == 6  # space-filling: no point drawn twice
 
 
@@ -145,6 +148,51 @@ def test_bad_space_files_get_one_error_naming_the_key(tmp_path, changes, key, wo
     message = str(err.value)
     assert path in message and key in message and words in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("changes, key, words", [
+    ({"seeds_per_point": 0}, "seeds_per_point", "an integer >= 1"),
+    ({"seeds_per_point": "three"}, "seeds_per_point", "an integer >= 1"),
+    ({"seeds_per_point": True}, "seeds_per_point", "an integer >= 1"),
+    ({"seeds_per_point": 3}, "n_trials", "a multiple of seeds_per_point 3"),
+    ({"seeds_per_point": 2, "dimensions__seed": {"type": "categorical", "values": [0, 1]}},
+     "dimensions.seed", "no seed dimension with seeds_per_point 2"),
+])
+def test_bad_replicate_settings_get_one_error_naming_the_key(tmp_path, changes, key, words):
+    path = write(tmp_path, _broken(**changes))
+    with pytest.raises(UserError) as err:
+        load_space(path)
+    message = str(err.value)
+    assert path in message and key in message and words in message
+    assert "\n" not in message
+
+
+def test_seeds_per_point_is_part_of_what_a_study_means(tmp_path):
+    plain = load_space(write(tmp_path, GOOD))
+    assert plain.seeds_per_point == 1 and plain.to_dict()["seeds_per_point"] == 1
+    one = load_space(write(tmp_path, dict(GOOD, seeds_per_point=1)))
+    assert one.fingerprint() == plain.fingerprint()
+    # A study stored before the key existed keeps its fingerprint.
+    old = {k: v for k, v in plain.to_dict().items() if k != "seeds_per_point"}
+    assert SearchSpace.from_dict(old, source="old study").fingerprint() == plain.fingerprint()
+    two = load_space(write(tmp_path, dict(GOOD, seeds_per_point=2)))
+    four = load_space(write(tmp_path, dict(GOOD, seeds_per_point=4)))
+    assert len({plain.fingerprint(), two.fingerprint(), four.fingerprint()}) == 3
+    # The stored form (what a worker on another machine loads) keeps it.
+    again = SearchSpace.from_dict(two.to_dict(), source="study x")
+    assert again.seeds_per_point == 2 and again.fingerprint() == two.fingerprint()
+    assert (two.n_points, two.base_seed) == (4, 0)
+    assert "8 (4 points × 2 seeds, `seed` 0–1 at every point)" in two.describe()
+    assert "Trials: 8." in plain.describe()
+    seeded = load_space(write(tmp_path, dict(GOOD, seeds_per_point=2,
+                                             fixed={**GOOD["fixed"], "seed": 5})))
+    assert seeded.base_seed == 5 and "`seed` 5–6" in seeded.describe()
+
+
+def test_the_gpu_space_runs_three_seeds_per_point():
+    space = load_space("listening-gpu")
+    assert space.seeds_per_point == 3 and "seed" not in space.dimensions
+    assert space.n_trials % 3 == 0 and space.base_seed == 0
 
 
 def test_unknown_space_name_lists_the_shipped_ones():
