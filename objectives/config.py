@@ -17,6 +17,7 @@ from objectives.errors import UserError
 
 DreamStrategy = Literal["template", "file", "model", "repeat"]
 TrainOn = Literal["chosen", "placebo", "rejected"]
+RealPool = Literal["auto", "train", "sources"]
 Finetune = Literal["lora", "full"]
 MixedPrecision = Literal["no", "bf16", "fp16"]
 LrSchedule = Literal["constant", "linear", "cosine"]
@@ -43,6 +44,10 @@ class TrialConfig:
     # "placebo" (behavior-neutral completions from placebo.jsonl, the same number of
     # examples and steps) or "rejected" (the old behavior: its shift must come out negative).
     train_on: TrainOn = "chosen"
+    # Where real examples are drawn from: "train" (every row), "sources" (the rows that have
+    # written variations in dreams.jsonl - so file, repeat and template trials compared at
+    # matched n_eff draw the same real examples), "auto": sources for file dreams, else train.
+    real_pool: RealPool = "auto"
     epochs: int = 1  # steps = epochs * ceil(n_eff / batch_size)
     seed: int = 0  # seeds the draw of real examples, variations, adapter init and data order
 

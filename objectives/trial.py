@@ -329,19 +329,9 @@ class Session:
 
     # --- dream variations -----------------------------------------------------------------------
     def _real_pool(self, behavior: Behavior, config: TrialConfig) -> list[dict[str, Any]]:
-        """Where real examples are drawn from: train, or (file dreams) the train rows that
-        have written variations, so that every m draws the same real examples."""
-        pool = behavior.train_rows()
-        if config.dream_strategy != "file":
-            return pool
-        if behavior.dreams is None:
-            raise UserError(f"dream_strategy file: {behavior.folder / 'dreams.jsonl'} is missing")
-        sources = dreams.file_sources(pool, behavior.dream_rows())
-        if config.n_real > len(sources):
-            raise UserError(f"--n-real {config.n_real}: {behavior.folder / 'dreams.jsonl'} has "
-                            f"variations of only {len(sources)} train rows (dream_strategy file "
-                            f"draws real examples from those)")
-        return sources
+        """Where real examples are drawn from (``real_pool``): train, or the train rows that
+        have written variations, so that every m and every strategy draws the same ones."""
+        return real_pool(behavior, config)
 
     def _training_set(self, real: list[dict[str, Any]], behavior: Behavior,
                       config: TrialConfig) -> list[dict[str, Any]]:
@@ -437,6 +427,24 @@ class Session:
         from accelerate.utils import broadcast_object_list
 
         return broadcast_object_list([value])[0]
+
+
+def real_pool(behavior: Behavior, config: TrialConfig) -> list[dict[str, Any]]:
+    """The rows ``config`` draws its real examples from; a clear error when too few."""
+    pool = behavior.train_rows()
+    sources = config.real_pool == "sources" or (config.real_pool == "auto"
+                                                and config.dream_strategy == "file")
+    if not sources:
+        return pool
+    dreams_file = behavior.folder / "dreams.jsonl"
+    if behavior.dreams is None:
+        raise UserError(f"dream_strategy file / real_pool sources: {dreams_file} is missing")
+    rows = dreams.file_sources(pool, behavior.dream_rows())
+    if config.n_real > len(rows):
+        raise UserError(f"--n-real {config.n_real}: {dreams_file} has variations of only "
+                        f"{len(rows)} train rows (file dreams and real_pool sources draw real "
+                        f"examples from those)")
+    return rows
 
 
 def training_examples(rows: list[dict[str, Any]], train_on: str, behavior: Behavior,

@@ -186,15 +186,13 @@ def _check_inputs(config: TrialConfig) -> None:
     if config.n_real > len(behavior.train):
         raise UserError(f"--n-real {config.n_real}: {behavior.folder / 'train.jsonl'} has only "
                         f"{len(behavior.train)} examples")
+    from objectives.trial import real_pool
+
+    real_pool(behavior, config)  # too few sources, or no dreams.jsonl: a clear error here
     if config.dream_strategy == "file":
         dreams_file = behavior.folder / "dreams.jsonl"
-        if behavior.dreams is None:
-            raise UserError(f"--dream-strategy file: {dreams_file} is missing")
         written = behavior.dream_rows()
         sources = file_sources(behavior.train_rows(), written)
-        if config.n_real > len(sources):
-            raise UserError(f"--n-real {config.n_real}: {dreams_file} has variations of only "
-                            f"{len(sources)} train rows (file dreams draw real examples from those)")
         fewest = min(sum(1 for w in written if w["source"] == s["id"]) for s in sources)
         if config.dream_multiplier - 1 > fewest:
             raise UserError(f"--dream-multiplier {config.dream_multiplier}: {dreams_file} has as "
