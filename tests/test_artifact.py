@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from itertools import pairwise
 
 import numpy as np
 import optuna
@@ -146,7 +147,7 @@ def test_levels_log_spaced_and_fewer_when_fewer_values(tmp_path):
     assert len(levels) == 5 and all(lv["n_trials"] >= 1 for lv in levels)
     # contiguous, ordered, every trial in exactly one level
     assert sum(lv["n_trials"] for lv in levels) == len(data.trials)
-    assert all(a["n_eff_max"] < b["n_eff_min"] for a, b in zip(levels, levels[1:], strict=False))
+    assert all(a["n_eff_max"] < b["n_eff_min"] for a, b in pairwise(levels))
     assert len(levels[0]["tuned_margins"]) == levels[0]["n_trials"] * N_PROBES
     assert levels[0]["note"] == ""
     # clustered n_eff: log-spaced bins would leave some empty; the widest gap is split instead

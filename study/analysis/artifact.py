@@ -94,6 +94,29 @@ def _group_log_n(values: np.ndarray, levels: int) -> list[list[float]]:
     return [[float(v) for v in group] for group in groups]
 
 
+def level_dip(rows: np.ndarray) -> dict:
+    """The dip test of a level: one test per trial (a row of ``rows``, one value per probe),
+    combined over the level's trials by Fisher's method (``scipy.stats.combine_pvalues``).
+
+    Why per trial: the unit is the probe. Pooling a level's trials would count every probe
+    once per trial, and a chance gap among a few dozen base margins, repeated four times,
+    becomes a "significant" second mode; within one trial the probes are separate draws.
+    Fisher's method keeps the power of several trials without that pseudo-replication (the
+    dip's tabulated p-values are conservative, which keeps the combination conservative).
+    Returns ``{"dip": median per-trial dip, "p": combined p, "trial_p": [...]}`` (``None``
+    where no trial has 4 or more probes)."""
+    tests = [dip_test(row, seed=JITTER_SEED + i) for i, row in enumerate(rows)]
+    tests = [(d, p) for d, p in tests if p is not None]
+    if not tests:
+        return {"dip": None, "p": None, "trial_p": []}
+    ps = [p for _, p in tests]
+    # a p of 0 (beyond the dip table) would be log(0) in Fisher's sum; 1e-300 is as decisive
+    floored = [max(p, 1e-300) for p in ps]
+    combined = ps[0] if len(ps) == 1 else float(stats.combine_pvalues(floored, method="fisher").pvalue)
+    return {"dip": float(np.median([d for d, _ in tests])), "p": float(min(max(combined, 0.0), 1.0)),
+            "trial_p": ps}
+
+
 def _sd(x: np.ndarray) -> float | None:
     return float(np.std(x, ddof=1)) if x.size > 1 else None
 
@@ -113,9 +136,9 @@ def margin_levels(data: StudyData, trials: list[Trial] | None = None, levels: in
     are exactly ``levels`` levels whenever there are that many distinct n_eff values. With fewer
     distinct values each value is its own level and every level's ``note`` says so.
 
-    Pass trials of one learning-rate band and one dream strategy: a level pools every probe of
-    every trial in it, and pooling trials that moved by different amounts widens (or splits) the
-    distribution for reasons that are not probes switching. ``lrs`` lists what was pooled.
+    Pass trials of one learning-rate band and one dream strategy: a level's distribution (the
+    figure), flip rate and scatter pool all its trials, and trials at different learning rates
+    move by different amounts for reasons that are not n_eff. ``lrs`` lists what was pooled.
 
     Each level is a dict:
 
@@ -129,11 +152,12 @@ def margin_levels(data: StudyData, trials: list[Trial] | None = None, levels: in
     - ``trial_shifts``: each trial's mean delta (its ``shift`` from the margins);
     - ``spread``: the sd of each probe's delta around its own trial's mean delta, pooled over
       the level - the probe-to-probe scatter a smooth shift carries (``None`` with one probe);
-    - ``dip``, ``dip_p``: Hartigan's dip test of the tuned margins, each trial's margins first
-      moved by (level mean shift - trial shift). This alignment keeps the level's location but
-      removes the differences in shift between the trials pooled in a level - without it, two
-      trials a doubling apart in one level could show two modes though no probe switched;
-    - ``delta_dip``, ``delta_dip_p``: the dip test of the deltas around their trial's mean (the
+    - ``dip``, ``dip_p``, ``trial_dip_p``: Hartigan's dip test of the tuned margins, run on each
+      trial's probes and combined over the level by Fisher's method (:func:`level_dip`): the
+      median dip, the combined p-value, and each trial's p. Per trial also means trials a
+      doubling apart, pooled in one level, cannot show two modes merely because they moved by
+      different amounts;
+    - ``delta_dip``, ``delta_dip_p``: the same test of the deltas around their trial's mean (the
       same residuals as ``spread``): bimodal when some probes moved much more than others,
       whatever the shape of the base margins;
     - ``flips``, ``eligible``, ``flip_rate``: among probes with base margin <= 0, summed over the
@@ -158,9 +182,7 @@ def margin_levels(data: StudyData, trials: list[Trial] | None = None, levels: in
         deltas = tuned - base
         shifts = deltas.mean(axis=1)
         residuals = deltas - shifts[:, None]
-        aligned = tuned - shifts[:, None] + shifts.mean()
-        dip, dip_p = dip_test(aligned.ravel())
-        delta_dip, delta_dip_p = dip_test(residuals.ravel())
+        tuned_dip, delta_dip = level_dip(tuned), level_dip(residuals)
         flips = [_flips(base, row) for row in tuned]
         flipped, eligible = sum(f for f, _ in flips), sum(e for _, e in flips)
         n_eff = np.array([t.n_eff for t in members], dtype=float)
@@ -177,7 +199,8 @@ def margin_levels(data: StudyData, trials: list[Trial] | None = None, levels: in
             "delta_mean": float(deltas.mean()), "delta_sd": _sd(deltas.ravel()),
             "spread": (float(np.sqrt((residuals ** 2).sum() / (residuals.size - len(members))))
                        if base.size > 1 else None),
-            "dip": dip, "dip_p": dip_p, "delta_dip": delta_dip, "delta_dip_p": delta_dip_p,
+            "dip": tuned_dip["dip"], "dip_p": tuned_dip["p"], "trial_dip_p": tuned_dip["trial_p"],
+            "delta_dip": delta_dip["dip"], "delta_dip_p": delta_dip["p"],
             "flips": flipped, "eligible": eligible,
             "flip_rate": flipped / eligible if eligible else None,
         })
@@ -318,8 +341,9 @@ def check_metric_artifact(data: StudyData, trials: list[Trial] | None = None, le
     ``artifact`` is True when all three hold:
 
     1. **unimodal at every level**: no level is bimodal by the dip test at ``alpha`` (see
-       :func:`margin_levels`: tuned margins aligned within the level, and deltas around their
-       trial's mean; a bimodal base excuses the tuned margins but not the deltas);
+       :func:`margin_levels`: tuned margins, and deltas around their trial's mean, tested per
+       trial and combined per level; a bimodal base excuses the tuned margins but not the
+       deltas);
     2. **a smooth shift**: the per-trial shift (mean delta over probes) is not a step in n_eff
        (:func:`shift_shape`: a sigmoid does not beat linear-in-log and a power law by
        ``sharp_delta_aic``);
@@ -413,8 +437,9 @@ def check_metric_artifact(data: StudyData, trials: list[Trial] | None = None, le
     else:
         artifact, reason = True, (
             f"Metric artifact: the margins are unimodal at all {len(level_list)} n_eff levels "
-            f"(every dip p >= {alpha}), the shift follows a smooth curve in n_eff (a sigmoid gains "
-            f"{-shape['delta_aic']:.1f} AIC at most, under {sharp_delta_aic}), and moving every "
+            f"(every dip p >= {alpha}), the shift follows a smooth curve in n_eff (a sigmoid's AIC is "
+            f"{shape['delta_aic']:+.1f} against the best smooth curve; sharp needs <= "
+            f"-{sharp_delta_aic:g}), and moving every "
             f"probe by the trial's shift predicts the observed flip rates to within "
             f"{mean_abs:.3f} on average - a sigmoid in flip rate is what a smooth shift alone gives.")
     return {
@@ -495,9 +520,9 @@ def flip_figure(check: dict) -> Any:
                              mode="lines", name="observed (level)", line={"color": "#1f77b4", "dash": "dot"}))
     verdict = "metric artifact" if check["artifact"] else "not a metric artifact"
     note = {"text": "<br>".join(textwrap.wrap(check["reason"], 120)), "xref": "paper", "yref": "paper",
-            "x": 0, "y": -0.25, "showarrow": False, "align": "left", "font": {"size": 10}}
+            "x": 0, "y": -0.32, "yanchor": "top", "showarrow": False, "align": "left", "font": {"size": 10}}
     fig.update_layout(title=f"Flip rate vs n_eff: {verdict}", template="plotly_white",
                       xaxis={"type": "log", "title": "n_eff (log)"},
                       yaxis={"title": "flip rate (base margin <= 0 -> tuned > 0)", "range": [-0.05, 1.05]},
-                      annotations=[note], margin={"b": 120})
+                      annotations=[note], margin={"b": 170})
     return fig
