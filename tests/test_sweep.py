@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -113,6 +114,22 @@ def test_sweep_records_resumes_and_exports(tmp_path):
     lines = (out / "trials.csv").read_text().strip().splitlines()
     assert len(lines) == 1 + 4
     assert set(measures.NAMES) <= set(lines[0].split(",")), "every measure is a column of the export"
+
+    # The report of this tiny-model sweep, from the storage alone, renders in a browser.
+    report_dir = tmp_path / "report"
+    done = shiftsweep("analyze", "--study", "smoke", "--out", str(report_dir), "--boot", "20",
+                      "--no-static")
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((report_dir / "summary.json").read_text())
+    assert summary["n_trials"] == 4 and summary["verdict"]["label"] == "inconclusive"
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium:
+        cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+               "--no-first-run", "--disable-background-networking", "--disable-component-update",
+               "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
+               "--virtual-time-budget=20000", "--dump-dom", (report_dir / "report.html").as_uri()]
+        dom = subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=True).stdout
+        assert dom.count('class="main-svg"') >= 4 and "Verdict:" in dom
 
 
 def assert_dashboard_serves(url: str, study_name: str) -> None:

@@ -194,12 +194,17 @@ def analyze(study: Any, n_boot: int = 200, seed: int = 0, icl_study: Any | None 
         summary["exchange"] = None
         summary["skipped"]["exchange rate"] = ("needs trials at one learning rate "
                                                "(search_spaces/listening-exchange.yaml)")
-    if len({t.lr for t in chosen}) >= 2:
-        summary["lr"] = attempt("lr slope", lambda: fits.fit_lr_slope(
-            data, chosen, n_boot, seed, _progress("lr slope")))
+    if len(on_curve) < MIN_BAND_TRIALS:
+        summary["lr"] = summary["collapse"] = None
+        for part in ("lr slope", "collapse"):
+            summary["skipped"][part] = f"needs {MIN_BAND_TRIALS} or more trials, has {len(on_curve)}"
     else:
-        summary["skipped"]["lr slope"] = "the study has one learning rate"
-    summary["collapse"] = attempt("collapse", lambda: fits.collapse(data, chosen))
+        if len({t.lr for t in on_curve}) >= 2:
+            summary["lr"] = attempt("lr slope", lambda: fits.fit_lr_slope(
+                data, on_curve, n_boot, seed, _progress("lr slope")))
+        else:
+            summary["skipped"]["lr slope"] = "the study has one learning rate"
+        summary["collapse"] = attempt("collapse", lambda: fits.collapse(data, on_curve))
     summary["placebo"] = attempt("net of placebo", lambda: _net_of_placebo(data, chosen, n_boot,
                                                                             seed))
     summary["controls"] = _controls(data)
@@ -219,9 +224,9 @@ def analyze(study: Any, n_boot: int = 200, seed: int = 0, icl_study: Any | None 
     if summary["exchange"]:
         figures["exchange"] = exchange_figure(data, chosen, summary["exchange"])
     if summary.get("lr"):
-        figures["lr"] = lr_figure(data, chosen, summary["lr"])
+        figures["lr"] = lr_figure(data, on_curve, summary["lr"])
     if summary["collapse"]:
-        figures["collapse"] = collapse_figure(data, chosen, summary["collapse"])
+        figures["collapse"] = collapse_figure(data, on_curve, summary["collapse"])
     figures["controls"] = controls_figure(data, summary["placebo"])
     figures["pareto"] = pareto_figure(data)
     figures["susceptibility"] = susceptibility_figure(summary["susceptibility"])
