@@ -483,7 +483,11 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     cmd = dashboard_command(url, args.host, args.port, _artifacts(args))
     print(f"shiftsweep: optuna-dashboard on http://{args.host}:{args.port} "
           f"(storage {storage.redact(url)})", file=sys.stderr)
-    return subprocess.call(cmd)
+    sys.stderr.flush()
+    # Become the dashboard: a signal to this process (Ctrl-C, a test's terminate()) then
+    # reaches the server itself instead of leaving it running as an orphan.
+    os.execv(cmd[0], cmd)
+    return 0  # not reached
 
 
 def cmd_icl(args: argparse.Namespace) -> int:
