@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import platform
 import socket
@@ -26,8 +27,12 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
+@functools.lru_cache(maxsize=None)
 def git_state(repo: Path = REPO) -> dict[str, Any]:
-    """The commit of the code that ran, and whether the tree had uncommitted changes."""
+    """The commit of the code that ran, and whether the tree had uncommitted changes.
+
+    Read once per process (a worker reads it when it starts, before its first trial): the code
+    a long-lived worker runs is what it imported then, whatever HEAD is later."""
     def git(*args: str) -> str | None:
         try:
             done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True,

@@ -62,7 +62,9 @@ def say(message: str) -> None:
 def start_session() -> tuple[Any, float]:
     """The worker's one Session, and how long the process took to get here."""
     from objectives import Session
+    from study.provenance import git_state
 
+    git_state()  # the commit this process loaded, recorded with every trial it runs
     session = Session()
     if session.accelerator.is_main_process:  # the CLI shows lines that start with [shiftsweep]
         logging.basicConfig(format="[shiftsweep] %(message)s", stream=sys.stderr)
