@@ -27,7 +27,7 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def git_state(repo: Path = REPO) -> dict[str, Any]:
     """The commit of the code that ran, and whether the tree had uncommitted changes.
 
