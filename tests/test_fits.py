@@ -327,3 +327,14 @@ def test_net_of_placebo_subtracts_the_placebo_line(sqlite):
     assert gross["estimate"]["b"] == pytest.approx(0.12, abs=0.01)  # placebo's 0.02 not removed
     with pytest.raises(UserError):  # no placebo trials
         fits.net_of_placebo(StudyData(data.name, data.probe_ids, data.base_margins, chosen), chosen)
+
+
+def test_no_change_is_inconclusive_not_smooth(sqlite):
+    """Adoption flat at 0.7 over two decades (nothing moves): whatever model fits best, the
+    verdict must not call a shape - the band at the lowest dose overlaps the band at the highest."""
+    levels = [4, 8, 16, 32, 64, 128, 256]
+    data = write_study(sqlite, "flat", np.random.default_rng(3), [point(n) for n in levels],
+                       lambda p: 0.7, seeds=2)
+    boot = fits.bootstrap(data, data.trials, "adoption", "n_eff", "psychometric", 100, 0, None)
+    label, rule = fits.verdict(fits.fit_all("binomial", *adoption(data)), boot)
+    assert label == "inconclusive" and "no change detected" in rule, rule

@@ -961,6 +961,8 @@ def verdict(fits: Sequence[Fit], boot: dict, artifact: bool = False) -> tuple[st
 
     The rule, in order (delta = AIC of the best smooth model - AIC of the psychometric):
       1. inconclusive if fewer than 5 distinct dose levels or fewer than 8 trials;
+      1b. inconclusive if the fitted curve's 90% band at the lowest dose overlaps its band at
+         the highest: no change is detected above the noise, so its shape cannot be judged;
       2. smooth if the best smooth model (power, linear_log) beats the psychometric by >= 2;
       3. inconclusive if the 90% interval of n50 reaches outside the sampled dose range (the
          threshold is not located by the data);
@@ -1008,6 +1010,15 @@ def verdict(fits: Sequence[Fit], boot: dict, artifact: bool = False) -> tuple[st
         return "inconclusive", (f"inconclusive: {n_trials} trials at {n_levels} distinct {dose} levels; "
                                 f"the rule needs at least 8 trials and 5 levels to tell a threshold "
                                 f"from a smooth curve.")
+    band = boot.get("band") or {}
+    if band.get("lo") and band.get("hi"):
+        first, last = (band["lo"][0], band["hi"][0]), (band["lo"][-1], band["hi"][-1])
+        if all(map(math.isfinite, (*first, *last))) and max(first[0], last[0]) <= min(first[1], last[1]):
+            return "inconclusive", (
+                f"inconclusive: no change detected - the fitted curve's 90% band at the lowest "
+                f"{dose} ({dlo:.3g}: {first[0]:.3g} to {first[1]:.3g}) overlaps its band at the "
+                f"highest ({dhi:.3g}: {last[0]:.3g} to {last[1]:.3g}), so the data cannot tell a "
+                f"threshold from a smooth curve ({cmp_txt}).")
     if delta <= -2:
         return "smooth", f"smooth: {cmp_txt}, so a smooth model fits better by at least 2.{note}"
     if not (dlo <= n50_lo and n50_hi <= dhi):
