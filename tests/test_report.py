@@ -111,6 +111,17 @@ def test_report_renders_in_headless_chromium(built, tmp_path):
     assert "Verdict:" in dom
 
 
+def test_report_into_a_file_is_a_user_error(built, tmp_path):
+    from objectives.errors import UserError
+
+    _, result, _ = built
+    target = tmp_path / "taken"
+    target.write_text("keep me")
+    with pytest.raises(UserError, match="cannot write the report there"):
+        write_report(result, target, static=False)
+    assert target.read_text() == "keep me"
+
+
 def test_analyze_cli_user_errors(tmp_path):
     done = subprocess.run([sys.executable, "-m", "study.cli", "analyze", "--study", "nope",
                            "--storage", f"sqlite:///{tmp_path / 'x.db'}"], capture_output=True,

@@ -140,17 +140,6 @@ def _broken(**changes):
     ({"n_trials": 0}, "n_trials", "an integer >= 1"),
     ({"objective": "accuracy"}, "objective", "one measure or a list of two"),
     ({"dimensions": {}}, "dimensions", "at least one"),
-])
-def test_bad_space_files_get_one_error_naming_the_key(tmp_path, changes, key, words):
-    path = write(tmp_path, _broken(**changes))
-    with pytest.raises(UserError) as err:
-        load_space(path)
-    message = str(err.value)
-    assert path in message and key in message and words in message
-    assert "\n" not in message
-
-
-@pytest.mark.parametrize("changes, key, words", [
     ({"seeds_per_point": 0}, "seeds_per_point", "an integer >= 1"),
     ({"seeds_per_point": "three"}, "seeds_per_point", "an integer >= 1"),
     ({"seeds_per_point": True}, "seeds_per_point", "an integer >= 1"),
@@ -158,7 +147,7 @@ def test_bad_space_files_get_one_error_naming_the_key(tmp_path, changes, key, wo
     ({"seeds_per_point": 2, "dimensions__seed": {"type": "categorical", "values": [0, 1]}},
      "dimensions.seed", "no seed dimension with seeds_per_point 2"),
 ])
-def test_bad_replicate_settings_get_one_error_naming_the_key(tmp_path, changes, key, words):
+def test_bad_space_files_get_one_error_naming_the_key(tmp_path, changes, key, words):
     path = write(tmp_path, _broken(**changes))
     with pytest.raises(UserError) as err:
         load_space(path)

@@ -660,6 +660,28 @@ def bootstrap(data: StudyData, trials: list[Trial], response: str, dose: str, mo
 # ---------------------------------------------------------------------------------------------
 # What a dream is worth: the exchange rate gamma.
 
+def _replicate_thetas(fit_once: Callable[..., tuple[np.ndarray, float]], rs: _Resampler,
+                      start: np.ndarray, n_boot: int,
+                      progress: Callable[[int, int], None] | None) -> tuple[np.ndarray, int]:
+    """Refit ``n_boot`` bootstrap draws of ``rs`` from ``start``: the parameter vectors (NaN
+    rows where a refit failed or did not converge) and the number that failed."""
+    samples = np.full((n_boot, len(start)), math.nan)
+    failed = 0
+    for i in range(n_boot):
+        try:
+            bth, bf = fit_once(*rs.draw(), start)
+        except (ValueError, FloatingPointError, np.linalg.LinAlgError):
+            failed += 1
+        else:
+            if np.isfinite(bf):
+                samples[i] = bth
+            else:
+                failed += 1
+        if progress is not None:
+            progress(i + 1, n_boot)
+    return samples, failed
+
+
 @_one_blas_thread
 def fit_exchange_rate(data: StudyData, trials: list[Trial], n_boot: int, seed: int,
                       progress: Callable[[int, int], None] | None = None) -> dict:
@@ -722,20 +744,7 @@ def fit_exchange_rate(data: StudyData, trials: list[Trial], n_boot: int, seed: i
         return th, f
 
     th, nll_hat = fit_once(*rs.identity(), None)
-    samples = np.full((n_boot, len(th)), math.nan)
-    failed = 0
-    for i in range(n_boot):
-        try:
-            bth, bf = fit_once(*rs.draw(), th)
-        except (ValueError, FloatingPointError, np.linalg.LinAlgError):
-            failed += 1
-        else:
-            if np.isfinite(bf):
-                samples[i] = bth
-            else:
-                failed += 1
-        if progress is not None:
-            progress(i + 1, n_boot)
+    samples, failed = _replicate_thetas(fit_once, rs, th, n_boot, progress)
     q = [50 * (1 - LEVEL), 50 * (1 + LEVEL)]
     ok = np.all(np.isfinite(samples), axis=1)
     gam = samples[ok, 4:]
@@ -824,20 +833,8 @@ def fit_lr_slope(data: StudyData, trials: list[Trial], n_boot: int, seed: int,
     _, nll_0 = fit_once(*ident, None, fixed_b=0.0)
     k_all = rs.adopted(ident[0], ident[2])
     collapse_sl = fit_binomial("psychometric", sl, k_all, n)
-    bs = np.full(n_boot, math.nan)
-    failed = 0
-    for i in range(n_boot):
-        try:
-            bth, bf = fit_once(*rs.draw(), th)
-        except (ValueError, FloatingPointError, np.linalg.LinAlgError):
-            failed += 1
-        else:
-            if np.isfinite(bf):
-                bs[i] = bth[4]
-            else:
-                failed += 1
-        if progress is not None:
-            progress(i + 1, n_boot)
+    thetas, failed = _replicate_thetas(fit_once, rs, th, n_boot, progress)
+    bs = thetas[:, 4]
     q = [50 * (1 - LEVEL), 50 * (1 + LEVEL)]
     good = bs[np.isfinite(bs)]
     lr_m1 = max(0.0, 2 * (nll_m1 - nll_full))

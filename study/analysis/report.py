@@ -562,7 +562,17 @@ def _summary_html(summary: dict[str, Any]) -> str:
 
 
 def write_report(analysis: Analysis, out_dir: Path, static: bool = True) -> list[Path]:
-    """report.html (self-contained), summary.json, and each figure as PNG and SVG."""
+    """report.html (self-contained), summary.json, and each figure as PNG and SVG (skipped,
+    with one line on stderr, where no Chromium works). A folder that cannot be written is a
+    UserError."""
+    try:
+        return _write_report(analysis, out_dir, static)
+    except OSError as err:
+        raise UserError(f"--out {out_dir}: cannot write the report there "
+                        f"({err.strerror or err})") from None
+
+
+def _write_report(analysis: Analysis, out_dir: Path, static: bool) -> list[Path]:
     from study.plots import STATIC_HEIGHT, STATIC_WIDTH, find_browser
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -588,9 +598,18 @@ def write_report(analysis: Analysis, out_dir: Path, static: bool = True) -> list
         names = [_file_name(n) for n in analysis.figures]
         paths = [out_dir / f"{n}.{ext}" for n in names for ext in ("png", "svg")]
         figs = [analysis.figures[n] for n in analysis.figures for _ in ("png", "svg")]
-        pio.write_images(figs, paths, width=STATIC_WIDTH,
-                         height=[f.layout.height or STATIC_HEIGHT for f in figs])
-        written += paths
+        try:
+            pio.write_images(figs, paths, width=STATIC_WIDTH,
+                             height=[f.layout.height or STATIC_HEIGHT for f in figs])
+            written += paths
+        except Exception as err:  # kaleido/Chromium failed: the HTML and JSON still stand
+            for path in paths:
+                path.unlink(missing_ok=True)
+            print(f"shiftsweep: static export (PNG, SVG) skipped: {type(err).__name__}: "
+                  f"{str(err).splitlines()[0] if str(err) else ''}", file=sys.stderr)
+    elif static:
+        print("shiftsweep: static export (PNG, SVG) skipped: no Chromium/Chrome found",
+              file=sys.stderr)
     return written
 
 
