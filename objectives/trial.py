@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from objectives import dreams, scoring
+from objectives import dreams, faults, ranks, scoring
 from objectives.behavior import Behavior, load_behavior
 from objectives.config import TrialConfig
 from objectives.errors import UserError
@@ -84,6 +84,7 @@ class Session:
             _encoder()
         self._ensure_model(config.model)
         lap("model_load_s")
+        faults.inject("data", acc.process_index)
         behavior = self._behavior(config.behavior)
         real = dreams.select_real(self._real_pool(behavior, config), config.n_real, config.seed)
         lap("data_s")
@@ -120,6 +121,7 @@ class Session:
                      "texts", len(probes), len(contrast), len(scored_real),
                      len(_control_texts(behavior, config)))
             trainable.eval()
+            faults.inject("score", acc.process_index)
             tuned_probe = self._margins(trainable, probes, config)
             tuned_contrast = self._margins(trainable, contrast, config)
             tuned_train = self._margins(trainable, scored_real, config)
@@ -342,9 +344,10 @@ class Session:
                                             config.seed, probes, behavior.dream,
                                             written=behavior.dream_rows())
         # Sampling runs on the main process only; every process trains on the same rows.
-        # A failure there is sent to every rank too, so all fail the trial together instead of
-        # the others reading rank 0's next message as the rows.
-        out: tuple[str, Any, Any] = ("ok", None, None)
+        # A failure there reaches every rank (objectives.ranks), so all fail the trial together
+        # instead of the others reading rank 0's next message as the rows.
+        out: tuple[Any, Any] = (None, None)
+        error: BaseException | None = None
         if self.accelerator.is_main_process:
             import storage
 
@@ -356,16 +359,10 @@ class Session:
                 rows = dreams.make_training_set(real, config.dream_multiplier, "model",
                                                 config.seed, probes, behavior.dream,
                                                 self._paraphraser(config), cache=cache)
-                out = ("ok", rows, {"generated": cache.generated, "reused": cache.reused})
+                out = (rows, {"generated": cache.generated, "reused": cache.reused})
             except Exception as err:
-                out = ("user" if isinstance(err, UserError) else "error",
-                       str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}",
-                       None)
-        status, rows, counts = self._broadcast(out)
-        if status == "user":
-            raise UserError(rows)
-        if status == "error":
-            raise RuntimeError(f"dream generation failed on the main process: {rows}")
+                error = err
+        rows, counts = self._broadcast(out, error)
         self._dream_counts = counts
         return rows
 
@@ -402,31 +399,32 @@ class Session:
 
     # --- splitting work over processes ----------------------------------------------------------
     def _sharded(self, items: list[Any], fn: Callable[[list[Any]], list[Any]]) -> list[Any]:
-        """Apply ``fn`` to this process's share of ``items``; gather all shares in order."""
+        """Apply ``fn`` to this process's share of ``items``; gather all shares in order.
+
+        A share that fails is sent as a failure, so every process fails together
+        (:mod:`objectives.ranks`)."""
         world, rank = self.accelerator.num_processes, self.accelerator.process_index
         if world == 1:
             return fn(items)
         mine = list(range(rank, len(items), world))
-        values = fn([items[i] for i in mine]) if mine else []
+        try:
+            values, error = (fn([items[i] for i in mine]) if mine else []), None
+        except Exception as err:
+            values, error = [], err
         out: list[Any] = [None] * len(items)
-        for index, part in self._gather([(mine, values)]):
+        for index, part in ranks.exchange(self.accelerator, (mine, values), error):
             for i, value in zip(index, part, strict=True):
                 out[i] = value
         return out
 
     def _gather(self, objects: list[Any]) -> list[Any]:
-        if self.accelerator.num_processes == 1:
-            return objects
-        from accelerate.utils import gather_object
+        """Every process's ``objects``, concatenated in rank order."""
+        return [o for part in ranks.exchange(self.accelerator, objects) for o in part]
 
-        return gather_object(objects)
-
-    def _broadcast(self, value: Any) -> Any:
-        if self.accelerator.num_processes == 1:
-            return value
-        from accelerate.utils import broadcast_object_list
-
-        return broadcast_object_list([value])[0]
+    def _broadcast(self, value: Any, error: BaseException | None = None) -> Any:
+        """The main process's ``value`` on every process; ``error``: the main process failed
+        making it, and every process raises."""
+        return ranks.exchange(self.accelerator, value, error)[0]
 
 
 def real_pool(behavior: Behavior, config: TrialConfig) -> list[dict[str, Any]]:

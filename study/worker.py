@@ -78,13 +78,16 @@ def run_job(session: Any, job: dict[str, Any], index: int, label: str, startup_s
 
     Returns the record (``status`` "complete" with measures, or "failed" with ``error``).
     """
-    from objectives import TrialConfig, UserError
+    from objectives import TrialConfig
+    from objectives.ranks import RankFailed, describe, finish
     from study.provenance import provenance
 
     main = session.accelerator.is_main_process
     out = Path(job["out"])
     started = time.time()
     record: dict[str, Any] = {"config": job["config"]}
+    error: BaseException | None = None
+    ended = False  # met a failed process's final exchange already (objectives.ranks)
     try:
         config = TrialConfig.from_dict(job["config"])
         record["config"] = config.to_dict()
@@ -95,13 +98,18 @@ def run_job(session: Any, job: dict[str, Any], index: int, label: str, startup_s
                 f"batch_size={config.batch_size} seed={config.seed} "
                 f"({config.steps} steps) -> {out}")
         result = session.run(config)
-        record.update(status="complete", **result)
     except Exception as err:  # a failed trial is recorded with its reason, never scored
-        reason = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
-        record.update(status="failed", error=reason)
+        error, ended = err, isinstance(err, RankFailed) and err.ended
         if main:
             (out / "error.log").parent.mkdir(parents=True, exist_ok=True)
             (out / "error.log").write_text(traceback.format_exc())
+    # Every process agrees on the outcome before any goes on to the next trial.
+    reason = describe(error) if ended else finish(session.accelerator, error)
+    if reason is None:
+        record.update(status="complete", **result)
+    else:
+        record.update(status="failed", error=reason)
+        if main:
             say(f"trial {label} failed: {reason}")
         _release_memory()  # after an out-of-memory trial, the next one starts from a clean pool
     record["seed"] = record["config"].get("seed") if isinstance(record["config"], dict) else None
