@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import random
 import time
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from objectives.config import TrialConfig
 from objectives.errors import UserError
 from objectives.finetune import train
 from objectives.models import fingerprint, load_model, lora_target_modules
+from objectives.records import write_json
 from objectives.tokens import generate
 
 log = logging.getLogger("shiftsweep")
@@ -278,7 +278,7 @@ class Session:
             values = (compute or (lambda part: self._margins(self.model, part, config)))(missing)
             cache[kind].update((str(r["line"]), v) for r, v in zip(missing, values, strict=True))
             if self.accelerator.is_main_process:
-                _write_json(path, cache)
+                write_json(path, cache)
         return [cache[kind][str(r["line"])] for r in rows]
 
     def _base_control(self, behavior: Behavior, config: TrialConfig) -> dict[str, Any]:
@@ -475,13 +475,6 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-
-
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
 
 
 def _fixed_subset(items: list[Any], n: int | None, salt: str) -> list[Any]:

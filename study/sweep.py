@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from objectives.errors import UserError
+from objectives.records import say
 
 POLL_S = 3.0
 STOP_GRACE_S = 60.0  # how long interrupted workers get to record their trials
@@ -519,10 +520,6 @@ def run_workers(study: Any, study_name: str, storage_url: str, plans: list[Worke
         say(f"worker {k} exited with code {proc.returncode}; the end of {log_path}:")
         print("\n".join(tail), file=sys.stderr)
     return len(failed)
-
-
-def say(message: str) -> None:
-    print(f"shiftsweep: {message}", file=sys.stderr, flush=True)
 
 
 def summary(study: Any, top: int = 5) -> str:

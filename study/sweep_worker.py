@@ -31,6 +31,7 @@ from typing import Any
 from objectives.errors import UserError
 from objectives.measures import NAMES as MEASURE_NAMES
 from objectives.ranks import broadcast
+from objectives.records import plain
 from study.sweep import REPLICATE_ATTRS, duplicate_retry
 from study.worker import run_job, say, start_session
 
@@ -45,10 +46,6 @@ CONFIG_ATTRS = ("n_real", "dream_multiplier", "lr", "batch_size", "epochs", "see
 
 class TrialFailed(Exception):
     """A trial that ran and failed; its reason is recorded on the Optuna trial."""
-
-
-def _finite(value: Any) -> Any:
-    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def trial_config(trial: Any, study: Any, space: Any) -> Any:
@@ -144,13 +141,13 @@ def objective_factory(session: Any, study: Any, space: Any, trials_root: Path,
             raise TrialFailed(record["error"])
         measures = record["measures"]
         for key in MEASURE_ATTRS:
-            trial.set_user_attr(key, _finite(measures.get(key)))
+            trial.set_user_attr(key, plain(measures.get(key)))
         # per-probe margins in the study's probe order: analysis needs only the storage
-        trial.set_user_attr("probe_margins", [_finite(p["margin"]) for p in record["probes"]])
+        trial.set_user_attr("probe_margins", [plain(p["margin"]) for p in record["probes"]])
         if "probe_ids" not in study.user_attrs:
             study.set_user_attr("probe_ids", [p["id"] for p in record["probes"]])
             study.set_user_attr("base_probe_margins",
-                                [_finite(p["base_margin"]) for p in record["probes"]])
+                                [plain(p["base_margin"]) for p in record["probes"]])
         values = [measures.get(name) for name in space.objective]
         undefined = [n for n, v in zip(space.objective, values, strict=True)
                      if v is None or not math.isfinite(v)]

@@ -17,12 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 import time
 import traceback
 from pathlib import Path
 from typing import Any
+
+from objectives import records
+from objectives.records import write_json
 
 PROCESS_STARTED = time.time()
 
@@ -37,26 +39,8 @@ def _process_start() -> float:
         return PROCESS_STARTED
 
 
-def _plain(value: Any) -> Any:
-    """JSON without NaN (flip_rate is undefined when no probe starts at margin <= 0): null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
-def write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_plain(data), indent=2, default=str, allow_nan=False) + "\n")
-    tmp.replace(path)
-
-
 def say(message: str) -> None:
-    print(f"[shiftsweep] {message}", file=sys.stderr, flush=True)
+    records.say(message, worker=True)
 
 
 def start_session() -> tuple[Any, float]:
