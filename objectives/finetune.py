@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import random
 import time
-from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -52,8 +51,18 @@ def train(model: Any, tokenizer: Any, rows: list[dict[str, Any]], config: TrialC
 
     scheduler = get_scheduler(config.lr_schedule, optimizer, num_warmup_steps=config.warmup_steps,
                               num_training_steps=len(plan))
-    wrapped, optimizer = accelerator.prepare(model, optimizer)
+    # The model is not wrapped in DDP: its forward broadcasts buffers and its backward
+    # all-reduces gradients, collectives that a process failing mid-step would leave the others
+    # waiting in. The processes agree on each step first, then sum gradients (_sum_gradients).
+    optimizer = accelerator.prepare(optimizer)
+    wrapped = model
     world, rank = accelerator.num_processes, accelerator.process_index
+    if world > 1:  # every process has got here; start from rank 0's weights, as DDP would
+        ranks.exchange(accelerator)
+        import torch.distributed as dist
+
+        for p in params:
+            dist.broadcast(p.data, src=0)
     wrapped.train()
     log: list[dict[str, float]] = []
     try:
@@ -67,12 +76,9 @@ def train(model: Any, tokenizer: Any, rows: list[dict[str, Any]], config: TrialC
             try:
                 faults.inject("train_step", rank)
                 for part in micro:
-                    # No DDP all-reduce inside backward: a process that fails here must not
-                    # leave the others waiting in it (see objectives.ranks).
-                    with accelerator.no_sync(wrapped) if world > 1 else nullcontext():
-                        nll = _nll_sum(wrapped, [encoded[i] for i in part], tokenizer.pad_token_id,
-                                       accelerator)
-                        accelerator.backward(nll / tokens)
+                    nll = _nll_sum(wrapped, [encoded[i] for i in part], tokenizer.pad_token_id,
+                                   accelerator)
+                    accelerator.backward(nll / tokens)
                     local_loss += float(nll.detach())
             except Exception as err:
                 error = err

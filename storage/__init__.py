@@ -114,11 +114,22 @@ def open_storage(url: str | None = None, heartbeat_s: int = HEARTBEAT_S) -> Any:
         engine_kwargs = {"connect_args": {"timeout": 120}}
     else:
         engine_kwargs = {"pool_pre_ping": True}
-    try:
+    def connect() -> Any:
         return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_s,
                           grace_period=heartbeat_s * GRACE_FACTOR,
                           heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
                               max_retry=2))
+
+    try:
+        try:
+            return connect()
+        except Exception as err:
+            # Two processes creating the same new database at once: the one that lost the race
+            # to write its schema version finds it written; the schema is there now.
+            if "UNIQUE constraint" not in str(err) and "duplicate key" not in str(err):
+                raise
+            time.sleep(1.0)
+            return connect()
     except ModuleNotFoundError as err:
         raise UserError(f"--storage {redact(url)}: its database driver is not installed "
                         f"({err.name}); for MySQL run `pip install pymysql`") from None

@@ -314,7 +314,9 @@ def launch_worker(study_name: str, storage_url: str, plan: WorkerPlan, index: in
 
     Its own group, so that the coordinator decides what a worker is sent: a Ctrl-C or a
     scheduler's SIGTERM reaches the coordinator, which forwards SIGINT to every worker's group
-    (all ranks of a trial included) and waits for them to record their trials.
+    (all ranks of a trial included) and waits for them to record their trials. A worker whose
+    coordinator is gone (SIGKILL) stops by itself as if interrupted
+    (``study.sweep_worker._watch_coordinator``).
     """
     from study.launch import launch_command
 
@@ -329,6 +331,7 @@ def launch_worker(study_name: str, storage_url: str, plan: WorkerPlan, index: in
         env["CUDA_VISIBLE_DEVICES"] = ",".join(plan.gpus)
     elif "OMP_NUM_THREADS" not in os.environ:  # share the cores among all workers
         env["OMP_NUM_THREADS"] = str(max(1, cpus // (n_workers * plan.processes)))
+    env["SHIFTSWEEP_COORDINATOR_PID"] = str(os.getpid())  # workers stop when it is gone
     log_path = log_dir / f"worker-{index}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     with open(log_path, "w") as log:  # the child keeps its own copy of the descriptor
         log.write(" ".join(cmd) + "\n")

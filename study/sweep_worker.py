@@ -36,6 +36,7 @@ from study.sweep import REPLICATE_ATTRS, duplicate_retry
 from study.worker import run_job, say, start_session
 
 STOP = None  # what the main process broadcasts when the sweep is over
+COORDINATOR_ENV = "SHIFTSWEEP_COORDINATOR_PID"  # set by study.sweep.launch_worker
 
 # Measures and settings stored as user attributes of every trial (the dashboard shows them).
 # Every measure of the registry, and the settings that analysis groups trials by.
@@ -178,9 +179,42 @@ def objective_factory(session: Any, study: Any, space: Any, trials_root: Path,
     return objective
 
 
+def _stop_once(signum: int, frame: Any) -> None:
+    """The first SIGINT or SIGTERM interrupts the trial; later ones are ignored, so that the
+    trial's failure (``interrupted``) is recorded whole. The coordinator SIGKILLs a worker
+    that has not stopped after its grace period."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def _watch_coordinator(pid: int, period_s: float = 2.0) -> None:
+    """Stop this worker as if interrupted when the coordinator that started it is gone
+    (killed with SIGKILL, its terminal closed): its trial is queued again by the next run,
+    and no worker is left running that nobody watches."""
+    import _thread
+    import threading
+
+    def watch() -> None:
+        while True:
+            time.sleep(period_s)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                _thread.interrupt_main(signal.SIGINT)
+                return
+            except PermissionError:
+                pass
+
+    threading.Thread(target=watch, name="coordinator-watch", daemon=True).start()
+
+
 def run(study_name: str, storage_url: str, heartbeat_s: int, artifacts: Path,
         trials_root: Path | None, worker_index: int = 0) -> int:
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a scheduler's stop: as Ctrl-C
+    signal.signal(signal.SIGINT, _stop_once)
+    signal.signal(signal.SIGTERM, _stop_once)  # a scheduler's stop: as Ctrl-C
+    if os.environ.get(COORDINATOR_ENV, "").isdigit():
+        _watch_coordinator(int(os.environ[COORDINATOR_ENV]))
     session, startup_s = start_session()
     main = session.accelerator.is_main_process
     if not main:  # follow the main process: one trial per message, until STOP
