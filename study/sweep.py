@@ -513,6 +513,9 @@ def run_workers(study: Any, study_name: str, storage_url: str, plans: list[Worke
         say("interrupted: stopping the workers (their running trials are queued again on the "
             "next run)")
         stop_workers([p for p, _ in procs])
+        requeued = requeue_interrupted(study)  # so the study's counts are right at once
+        if requeued:
+            say(f"{requeued} interrupted trial(s) queued again; rerun the same command to go on")
         raise
     finally:
         watcher.poll()
