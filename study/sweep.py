@@ -32,6 +32,9 @@ POLL_S = 3.0
 # User attributes of every trial of a replicate group (seeds_per_point > 1): the group's first
 # trial number and this trial's seed.
 REPLICATE_ATTRS = ("replicate_of", "replicate_seed")
+# How the sweep hands its storage URL to its workers (it may hold a password): by
+# environment, never on a command line (visible in `ps`) or in a log.
+STORAGE_ENV = "SHIFTSWEEP_STORAGE_URL"
 
 
 @dataclass
@@ -260,24 +263,28 @@ def plan_workers(workers: int | None, gpus: str | None, gpus_per_trial: int,
 def launch_workers(study_name: str, storage_url: str, plans: list[WorkerPlan], device: str,
                    mixed_precision: str, heartbeat_s: int, artifacts: Path, log_dir: Path
                    ) -> list[tuple[subprocess.Popen, Path]]:
+    from storage import redact
     from study.launch import launch_command
 
     log_dir.mkdir(parents=True, exist_ok=True)
     cpus = os.cpu_count() or 1
     procs = []
     for k, plan in enumerate(plans):
-        args = ["--study", study_name, "--storage", storage_url, "--heartbeat", str(heartbeat_s),
+        # The URL (it may hold a password) goes by environment, not on the command line that
+        # `ps` shows and the log records.
+        args = ["--study", study_name, "--heartbeat", str(heartbeat_s),
                 "--artifacts", str(artifacts)]
         dev = "cuda" if plan.gpus else device
         cmd, env = launch_command("study.sweep_worker", args, processes=plan.processes,
                                   device=dev, mixed_precision=mixed_precision)
+        env[STORAGE_ENV] = storage_url
         if plan.gpus:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(plan.gpus)
         elif "OMP_NUM_THREADS" not in os.environ:  # share the cores among all workers
             env["OMP_NUM_THREADS"] = str(max(1, cpus // (len(plans) * plan.processes)))
         log_path = log_dir / f"worker-{k}-{time.strftime('%Y%m%d-%H%M%S')}.log"
         log = open(log_path, "w")  # noqa: SIM115 - kept open for the process's lifetime
-        log.write(" ".join(cmd) + "\n")
+        log.write(f"{STORAGE_ENV}={redact(storage_url)} " + " ".join(cmd) + "\n")
         log.flush()
         procs.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                        start_new_session=False), log_path))

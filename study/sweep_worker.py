@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from objectives.measures import NAMES as MEASURE_NAMES
-from study.sweep import REPLICATE_ATTRS
+from study.sweep import REPLICATE_ATTRS, STORAGE_ENV
 from study.worker import run_job, say, start_session
 
 STOP = None  # what the main process broadcasts when the sweep is over
@@ -243,12 +243,15 @@ def _default_trials_root(study_name: str) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m study.sweep_worker")
     parser.add_argument("--study", required=True)
-    parser.add_argument("--storage", required=True)
+    parser.add_argument("--storage", default=None, help=f"default: ${STORAGE_ENV}")
     parser.add_argument("--heartbeat", type=int, default=10)
     parser.add_argument("--artifacts", type=Path, required=True)
     parser.add_argument("--trials-dir", type=Path, default=None)
     args = parser.parse_args(argv)
-    return run(args.study, args.storage, args.heartbeat, args.artifacts, args.trials_dir)
+    url = args.storage or os.environ.get(STORAGE_ENV)
+    if not url:
+        parser.error(f"--storage: expected a storage URL (or ${STORAGE_ENV})")
+    return run(args.study, url, args.heartbeat, args.artifacts, args.trials_dir)
 
 
 if __name__ == "__main__":
