@@ -444,9 +444,16 @@ CASES = [
      ["--n-probes 0", "expected an integer >= 1"]),
 ]
 SECRETS = ("hunter2", "not-the-password")
+# Cases that import torch before they stop (a model or the trial pool is checked), or start
+# a PostgreSQL server: about 3-8 s each on 2 cores; the rest take about 1 s.
+SLOW = {"trial-bad-behavior-file", "trial-out-under-a-file", "trial-model-folder-missing",
+        "trial-model-hub-id-not-cached", "trial-model-without-weights",
+        "sweep-existing-study-other-space", "worker-wrong-database-password",
+        "icl-k-not-a-list", "icl-n-probes-zero"}
 
 
-@pytest.mark.parametrize(("build", "needles"), [pytest.param(b, n, id=i) for i, b, n in CASES])
+@pytest.mark.parametrize(("build", "needles"), [
+    pytest.param(b, n, id=i, marks=[pytest.mark.slow] if i in SLOW else []) for i, b, n in CASES])
 def test_bad_input_is_one_clear_line_and_touches_nothing(build, needles, home, tmp_path, request):
     ctx = Ctx(home=home, tmp=tmp_path, request=request)
     args = build(ctx)
@@ -478,6 +485,7 @@ def test_the_table_covers_every_command_and_the_populated_root_is_real(home):
     assert commands == {"behavior", "trial", "space", "sweep", "worker", "plots", "analyze",
                         "dashboard", "icl"}
     assert len(CASES) >= 30 and len({i for i, _, _ in CASES}) == len(CASES)
+    assert {i for i, _, _ in CASES} >= SLOW
     study = optuna.load_study(study_name=EXISTING,
                               storage=storage.open_storage(f"sqlite:///{home / 'studies.db'}"))
     assert [t.values for t in study.get_trials()] == [[0.25]]
