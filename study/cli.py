@@ -267,9 +267,7 @@ def cmd_trial(args: argparse.Namespace) -> int:
     if len(set(args.seed)) != len(args.seed):
         raise UserError(f"--seed {' '.join(map(str, args.seed))}: each seed may appear once")
     outs = [run_dir] if len(configs) == 1 else [run_dir / f"seed-{c.seed}" for c in configs]
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"--out {run_dir}: is a file; expected a folder (a new one, or one "
-                        f"without a trial)")
+    output_folder(run_dir, "--out", create=False)
     for out in outs:  # never overwrite a recorded trial
         if out.is_file() or (out / "result.json").exists() or (out / "config.json").exists():
             raise UserError(f"--out {run_dir}: already holds a trial ({out}); choose a new folder")
@@ -316,12 +314,14 @@ def cmd_trial(args: argparse.Namespace) -> int:
     return 1 if failed or code else 0
 
 
-def output_folder(path: Path, flag: str) -> Path:
+def output_folder(path: Path, flag: str, create: bool = True) -> Path:
     """Create the folder ``flag`` names (or use it as it is); a file there, or a folder that
-    cannot be made, is one clear error."""
+    cannot be made, is one clear error. ``create=False`` only checks, before slower checks."""
     if path.exists() and not path.is_dir():
         raise UserError(f"{flag} {path}: is a file; expected a folder (a new one, or an "
                         f"existing folder)")
+    if not create:
+        return path
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -464,8 +464,7 @@ def cmd_plots(args: argparse.Namespace) -> int:
         raise UserError(f"--level {args.level}: expected a finite number")
     name = args.study or "listening-cpu"
     out = (args.out or Path("exports") / name).resolve()
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: is a file; expected a folder for the figures")
+    output_folder(out, "--out", create=False)
     study, _ = load_sweep(storage.open_storage(args.storage), name)
     output_folder(out, "--out")
     report = export_plots(study, out, level=args.level, static=not args.no_static)
