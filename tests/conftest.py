@@ -165,3 +165,29 @@ def postgres_url(tmp_path_factory):
         subprocess.run([*run_as, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
                        capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
+
+
+PASSWORD_ROLE = "shiftsweep_pw"
+
+
+@pytest.fixture(scope="session")
+def postgres_password_url(postgres_url):
+    """The session's server, with a role and database that need a password (scram-sha-256).
+
+    The server trusts everyone else; a rule for this role goes first in its pg_hba.conf
+    (read and written here: the data folder is this session's), then the server reloads.
+    """
+    import secrets
+
+    import psycopg
+
+    password = f"pw-{secrets.token_hex(8)}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {PASSWORD_ROLE} LOGIN PASSWORD '{password}'")
+        conn.execute(f"CREATE DATABASE {PASSWORD_ROLE} OWNER {PASSWORD_ROLE}")
+        hba = Path(conn.execute("SHOW hba_file").fetchone()[0])
+        rules = hba.read_text()
+        hba.write_text(f"host all {PASSWORD_ROLE} 127.0.0.1/32 scram-sha-256\n{rules}")
+        conn.execute("SELECT pg_reload_conf()")
+    host = postgres_url.rsplit("@", 1)[1].rsplit("/", 1)[0]
+    return f"postgresql://{PASSWORD_ROLE}:{password}@{host}/{PASSWORD_ROLE}"
