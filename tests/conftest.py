@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -191,3 +192,19 @@ def postgres_password_url(postgres_url):
         conn.execute("SELECT pg_reload_conf()")
     host = postgres_url.rsplit("@", 1)[1].rsplit("/", 1)[0]
     return f"postgresql://{PASSWORD_ROLE}:{password}@{host}/{PASSWORD_ROLE}"
+
+
+@pytest.fixture(autouse=True)
+def stop_what_the_test_started():
+    """Every process a test started (a CLI, a coordinator's workers, a dashboard) is stopped
+    when it ends, passed or failed: none is left running after the suite."""
+    import psutil
+
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    yield
+    left = [p for p in me.children(recursive=True) if p.pid not in before]
+    for p in left:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(left, timeout=10)
