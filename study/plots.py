@@ -117,14 +117,17 @@ def _base_value(measure: str, rows: list[dict[str, Any]]) -> float:
 # Boundary level
 
 
-def boundary_level(study: optuna.Study, level: float | None = None) -> tuple[float, str]:
+def boundary_level(study: optuna.Study, level: float | None = None,
+                   fitted: list[float] | None = None) -> tuple[float, str]:
     """The level of the first objective at which to draw the boundary, and how it was chosen.
 
     A ``level`` argument wins, then the study's user attr "boundary_level" ("set by user").
     Otherwise half-way between the base model's value (the mean of the measure's ``base`` measure
     in the registry, e.g. base_adoption for adoption; 0 for differences such as shift) and the
     ceiling, the best observed value over the complete trials on the behavior (train_on chosen;
-    for forgetting, a minimized measure: base 0 and the largest observed value).
+    for forgetting, a minimized measure: base 0 and the largest observed value). With
+    ``fitted`` (a model's mean at the observed points, :mod:`study.analysis.boundary`) the
+    ceiling is the best fitted value instead: the best noisy observation overshoots.
     Raises ValueError when no level is set and there is no complete trial to take a ceiling from.
     """
     if level is None:
@@ -138,13 +141,16 @@ def boundary_level(study: optuna.Study, level: float | None = None) -> tuple[flo
         raise ValueError(f"no complete trial with a value of {measure!r} to take a ceiling from; "
                          "set a boundary level")
     base = _base_value(measure, rows)
+    seen = "observed"
+    if fitted:
+        values, seen = [float(v) for v in fitted], "fitted"
     if measure in MINIMIZED:
         base, ceiling, best = 0.0, max(values), "largest"
     elif study.directions[0] == optuna.study.StudyDirection.MINIMIZE:
         ceiling, best = min(values), "best"
     else:
         ceiling, best = max(values), "best"
-    return (base + ceiling) / 2, f"half-way between base {base:.3g} and {best} observed {ceiling:.3g}"
+    return (base + ceiling) / 2, f"half-way between base {base:.3g} and {best} {seen} {ceiling:.3g}"
 
 
 # ---------------------------------------------------------------------------------------------
