@@ -25,8 +25,9 @@ Printed: per surface, the median accuracy over seeds at each N with a 95% bootst
 accuracy reaches 0.98, interpolated between the N measured; "> max" when it never does) and the
 ratio boundary / qmc with a bootstrap interval over seeds.
 
-``--real`` (part b) runs the real objective on the tiny random model instead (see
-:func:`bench_real`).
+``--acquisitions`` runs only the boundary sampler with its two rules (``timse``, the default,
+and ``straddle``) and qmc. ``--real`` (part b) runs the real objective on the tiny random model
+instead (see :func:`bench_real`).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ import numpy as np
 
 NOISE = 0.05
 LEVEL = 0.5
-CHECKPOINTS = (8, 12, 16, 24, 32, 48, 64)
+CHECKPOINTS = (8, 12, 16, 24, 32, 48, 64, 96, 128)  # those <= --max-trials
 SAMPLERS = ("boundary", "qmc", "random", "tpe", "grid")
 PARALLEL = ("boundary", "qmc")  # also run with two workers
 TARGET = 0.98
@@ -84,6 +85,8 @@ def make_space(surface: Surface, sampler: str, seed: int, n_trials: int) -> Any:
     from search_spaces import SearchSpace
 
     opts: dict[str, Any] = {"name": sampler, "seed": seed}
+    if sampler == "straddle":  # the boundary sampler with the pointwise rule instead
+        opts = {"name": "boundary", "seed": seed, "acquisition": "straddle"}
     if sampler == "grid":
         opts["points"] = GRID_POINTS[len(surface.dims)]
     return SearchSpace.from_dict({"name": f"bench-{surface.name}", "dimensions": surface.dims,
@@ -187,7 +190,7 @@ def report(results: dict[tuple[str, str], np.ndarray], checkpoints: tuple[int, .
 
     summary: dict[str, dict[str, float]] = {}
     most = checkpoints[-1]
-    labels = [*SAMPLERS, *(f"{s} x2" for s in PARALLEL)]
+    labels = [*SAMPLERS, "straddle", *(f"{s} x2" for s in PARALLEL)]
     for surface in SURFACES:
         rows = {lab: results[(surface.name, lab)] for lab in labels if (surface.name, lab) in results}
         print(f"\n## {surface.name}: median accuracy over {seeds} seeds [95% bootstrap interval]",
@@ -216,7 +219,7 @@ def report(results: dict[tuple[str, str], np.ndarray], checkpoints: tuple[int, .
                 return math.nan
             return min(nb, most + 1) / min(nq, most + 1)
 
-        for a, b in (("boundary", "qmc"), ("boundary x2", "boundary")):
+        for a, b in (("boundary", "qmc"), ("straddle", "qmc"), ("boundary x2", "boundary")):
             if a not in rows or b not in rows:
                 continue
             r = ratio(rows[a], rows[b])
@@ -236,11 +239,14 @@ def report(results: dict[tuple[str, str], np.ndarray], checkpoints: tuple[int, .
     return summary
 
 
-def bench_synthetic(seeds: int, max_trials: int, jobs: int) -> None:
+def bench_synthetic(seeds: int, max_trials: int, jobs: int, samplers: tuple[str, ...] = SAMPLERS,
+                    parallel: tuple[str, ...] = PARALLEL) -> None:
     checkpoints = tuple(c for c in CHECKPOINTS if c <= max_trials)
-    tasks = [(s, smp, seed, max_trials, 1, checkpoints) for s in SURFACES for smp in SAMPLERS
+    if checkpoints[-1] != max_trials:
+        checkpoints = (*checkpoints, max_trials)
+    tasks = [(s, smp, seed, max_trials, 1, checkpoints) for s in SURFACES for smp in samplers
              for seed in range(seeds)]
-    tasks += [(s, smp, seed, max_trials, 2, checkpoints) for s in SURFACES for smp in PARALLEL
+    tasks += [(s, smp, seed, max_trials, 2, checkpoints) for s in SURFACES for smp in parallel
               for seed in range(seeds)]
     started = time.time()
     found: dict[tuple[str, str], dict[int, list[float]]] = {}
@@ -262,6 +268,77 @@ def bench_synthetic(seeds: int, max_trials: int, jobs: int) -> None:
               f"two workers / one {r2:.2f} ({verdict(r2, 1.2)})")
 
 
+REAL_SAMPLERS = ("boundary", "qmc")
+
+
+def bench_real(trials: int, out: Any = sys.stdout) -> None:
+    """Part (b): the real objective (``shift``) of the ``smoke`` space (a 2-layer random model,
+    real ``shiftsweep sweep`` launches, trained and scored), one study per sampler, seed 0.
+
+    There is no true boundary here, so the reference is the boundary model fitted to the trials
+    of all studies pooled, at its implicit level; each sampler's accuracy after N of its own
+    trials is the share of 4096 Sobol points of the space it classifies as the reference does.
+    One seed (each trial is a real fine-tune on this 2-core machine): a measurement of where the
+    trials went on a real, noisy objective, not a median with an interval.
+    """
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    import optuna
+    import yaml
+
+    import storage
+    from search_spaces import load_space
+    from study.analysis.boundary import Encoder, fit_model, level_of, observations
+
+    base = load_space("smoke")
+    work = Path(tempfile.mkdtemp(prefix="bench-boundary-real-"))
+    url = f"sqlite:///{work / 'real.db'}"
+    studies, walls = {}, {}
+    for sampler in REAL_SAMPLERS:
+        data = {**base.to_dict(), "sampler": {"name": sampler, "seed": 0}, "n_trials": trials}
+        data.pop("name")
+        path = work / f"{sampler}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        started = time.time()
+        done = subprocess.run([sys.executable, "-m", "study.cli", "sweep", "--space", str(path),
+                               "--study", f"real-{sampler}", "--storage", url, "--artifacts",
+                               str(work / "artifacts"), "--no-progress"],
+                              capture_output=True, text=True)
+        walls[sampler] = time.time() - started
+        if done.returncode != 0:
+            raise SystemExit(f"bench-boundary --real: the {sampler} sweep failed:\n"
+                             f"{done.stderr[-3000:]}")
+        studies[sampler] = optuna.load_study(study_name=f"real-{sampler}",
+                                             storage=storage.open_storage(url))
+    dists = base.distributions()
+    enc = Encoder(dists)
+    pooled = [observations(s, dists) for s in studies.values()]
+    params = [p for ps, _ in pooled for p in ps]
+    values = [v for _, vs in pooled for v in vs]
+    ref_model = fit_model(enc, params, values)
+    level, how = level_of(studies["qmc"], ref_model)
+    X = enc.encode(enc.sobol(4096, 12345))
+    reference = ref_model.predict(X)[0] > level
+    print(f"# bench-boundary --real: smoke space (tiny random model), {trials} trials per sampler, "
+          f"seed 0; reference: GP over all {len(values)} trials, level {level:.4g} ({how}); "
+          f"reference share above the level {reference.mean():.2f}", file=out)
+    print("| N | " + " | ".join(REAL_SAMPLERS) + " |", file=out)
+    print("|---|" + "---|" * len(REAL_SAMPLERS), file=out)
+    own = {name: observations(s, dists) for name, s in studies.items()}
+    for n in range(4, trials + 1, 2):
+        cells = []
+        for name in REAL_SAMPLERS:
+            ps, vs = own[name]
+            model = fit_model(enc, ps[:n], vs[:n])
+            cells.append(f"{np.mean((model.predict(X)[0] > level) == reference):.3f}")
+        print(f"| {n} | " + " | ".join(cells) + " |", file=out)
+    print("sweep wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in walls.items())
+          + f"; noise sd fitted by the reference model {ref_model.noise_sd:.3g}, "
+          f"value range {min(values):.3g} .. {max(values):.3g}", file=out)
+
+
 def main(argv: list[str] | None = None) -> int:
     # one BLAS thread per process, set before scipy loads OpenBLAS (the processes inherit it)
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -271,15 +348,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-trials", type=int, default=64)
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--real", action="store_true", help="the real objective, tiny model")
+    parser.add_argument("--real-trials", type=int, default=12)
+    parser.add_argument("--acquisitions", action="store_true",
+                        help="only the boundary sampler's two rules: timse and straddle, vs qmc")
+    parser.add_argument("--samplers", default=None,
+                        help="comma-separated subset of the one-worker samplers (no x2 runs)")
     args = parser.parse_args(argv)
     if args.seeds < 2:
         raise SystemExit("--seeds: expected at least 2 (a median with an interval)")
     if args.real:
-        from study.bench_boundary_real import bench_real
-
-        bench_real()
+        bench_real(args.real_trials)
         return 0
-    bench_synthetic(args.seeds, args.max_trials, args.jobs)
+    if args.samplers:
+        bench_synthetic(args.seeds, args.max_trials, args.jobs,
+                        tuple(args.samplers.split(",")), ())
+    elif args.acquisitions:
+        bench_synthetic(args.seeds, args.max_trials, args.jobs, ("boundary", "straddle", "qmc"), ())
+    else:
+        bench_synthetic(args.seeds, args.max_trials, args.jobs)
     return 0
 
 
