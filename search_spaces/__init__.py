@@ -50,7 +50,7 @@ DEFAULT_SPACE = "listening-cpu"
 SAMPLERS = ("qmc", "tpe", "random", "gp", "grid", "boundary")
 SAMPLER_OPTIONS = {  # option -> (type, meaning)
     "qmc": {"seed": int, "scramble": bool},
-    # the level-set sampler (study.analysis.boundary): Sobol start, then targeted variance reduction
+    # the level-set sampler (study.analysis.boundary): Sobol start, then straddle (or timse)
     "boundary": {"seed": int, "n_startup_trials": int, "acquisition": str},
     "tpe": {"seed": int, "n_startup_trials": int},
     "random": {"seed": int},

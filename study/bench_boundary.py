@@ -25,9 +25,9 @@ Printed: per surface, the median accuracy over seeds at each N with a 95% bootst
 accuracy reaches 0.98, interpolated between the N measured; "> max" when it never does) and the
 ratio boundary / qmc with a bootstrap interval over seeds.
 
-``--acquisitions`` runs only the boundary sampler with its two rules (``timse``, the default,
-and ``straddle``) and qmc. ``--real`` (part b) runs the real objective on the tiny random model
-instead (see :func:`bench_real`).
+``--acquisitions`` runs only the boundary sampler with its two rules (``straddle``, the default,
+and ``timse``) and qmc; ``--samplers a,b --parallel a`` any subset. ``--real`` (part b) runs
+the real objective on the tiny random model instead (see :func:`bench_real`).
 """
 
 from __future__ import annotations
@@ -85,8 +85,8 @@ def make_space(surface: Surface, sampler: str, seed: int, n_trials: int) -> Any:
     from search_spaces import SearchSpace
 
     opts: dict[str, Any] = {"name": sampler, "seed": seed}
-    if sampler == "straddle":  # the boundary sampler with the pointwise rule instead
-        opts = {"name": "boundary", "seed": seed, "acquisition": "straddle"}
+    if sampler in ("straddle", "timse"):  # the boundary sampler with a given acquisition
+        opts = {"name": "boundary", "seed": seed, "acquisition": sampler}
     if sampler == "grid":
         opts["points"] = GRID_POINTS[len(surface.dims)]
     return SearchSpace.from_dict({"name": f"bench-{surface.name}", "dimensions": surface.dims,
@@ -190,7 +190,7 @@ def report(results: dict[tuple[str, str], np.ndarray], checkpoints: tuple[int, .
 
     summary: dict[str, dict[str, float]] = {}
     most = checkpoints[-1]
-    labels = [*SAMPLERS, "straddle", *(f"{s} x2" for s in PARALLEL)]
+    labels = [*SAMPLERS, "straddle", "timse", *(f"{s} x2" for s in (*PARALLEL, "timse"))]
     for surface in SURFACES:
         rows = {lab: results[(surface.name, lab)] for lab in labels if (surface.name, lab) in results}
         print(f"\n## {surface.name}: median accuracy over {seeds} seeds [95% bootstrap interval]",
@@ -219,7 +219,8 @@ def report(results: dict[tuple[str, str], np.ndarray], checkpoints: tuple[int, .
                 return math.nan
             return min(nb, most + 1) / min(nq, most + 1)
 
-        for a, b in (("boundary", "qmc"), ("straddle", "qmc"), ("boundary x2", "boundary")):
+        for a, b in (("boundary", "qmc"), ("straddle", "qmc"), ("timse", "qmc"),
+                     ("boundary x2", "boundary"), ("timse x2", "timse")):
             if a not in rows or b not in rows:
                 continue
             r = ratio(rows[a], rows[b])
@@ -350,9 +351,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--real", action="store_true", help="the real objective, tiny model")
     parser.add_argument("--real-trials", type=int, default=12)
     parser.add_argument("--acquisitions", action="store_true",
-                        help="only the boundary sampler's two rules: timse and straddle, vs qmc")
+                        help="only the boundary sampler's two rules, straddle and timse, vs qmc")
     parser.add_argument("--samplers", default=None,
-                        help="comma-separated subset of the one-worker samplers (no x2 runs)")
+                        help="comma-separated one-worker samplers (boundary, qmc, random, tpe, "
+                             "grid; straddle, timse: the boundary sampler with that rule)")
+    parser.add_argument("--parallel", default="",
+                        help="with --samplers: comma-separated samplers also run by two workers")
     args = parser.parse_args(argv)
     if args.seeds < 2:
         raise SystemExit("--seeds: expected at least 2 (a median with an interval)")
@@ -360,10 +364,10 @@ def main(argv: list[str] | None = None) -> int:
         bench_real(args.real_trials)
         return 0
     if args.samplers:
-        bench_synthetic(args.seeds, args.max_trials, args.jobs,
-                        tuple(args.samplers.split(",")), ())
+        bench_synthetic(args.seeds, args.max_trials, args.jobs, tuple(args.samplers.split(",")),
+                        tuple(p for p in args.parallel.split(",") if p))
     elif args.acquisitions:
-        bench_synthetic(args.seeds, args.max_trials, args.jobs, ("boundary", "straddle", "qmc"), ())
+        bench_synthetic(args.seeds, args.max_trials, args.jobs, ("straddle", "timse", "qmc"), ())
     else:
         bench_synthetic(args.seeds, args.max_trials, args.jobs)
     return 0

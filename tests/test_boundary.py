@@ -78,7 +78,7 @@ def test_after_its_start_the_sampler_puts_points_near_the_true_boundary():
         d = np.array([distance_to_boundary(SHARP, t.params) for t in study.trials[start:]])
         near[name], within[name] = np.median(d), np.mean(d < 1.0)
     # the sharp boundary is the line n_eff = 40; the space spans ln n_eff 0 .. 6. The sampler
-    # also spends points where they cut the variance along the rest of the line (corners).
+    # also spends points where the model is unsure far from the line (corners).
     assert within["boundary"] >= 0.5 and within["boundary"] > 1.3 * within["qmc"], within
     assert near["boundary"] < 0.7 * near["qmc"], near
 
@@ -157,7 +157,7 @@ def test_categorical_dimension_and_seeds_per_point():
 
 
 def test_space_options_are_checked():
-    with pytest.raises(UserError, match=r"sampler\.acquisition: expected one of timse, straddle"):
+    with pytest.raises(UserError, match=r"sampler\.acquisition: expected one of straddle, timse"):
         SearchSpace.from_dict({"dimensions": DIMS_2D, "sampler": {"name": "boundary",
                                                                   "acquisition": "ei"}}, source="s")
     with pytest.raises(UserError, match="stop_when: expected boundary_settled"):
