@@ -554,7 +554,8 @@ class BoundarySampler(optuna.samplers.BaseSampler):
         level, _ = level_of(study, model)
         cand_params = self._encoder.sobol(self._n_candidates, self._seed * 7919 + step)
         candidates = self._encoder.encode(cand_params)
-        reference = self._encoder.encode(self._encoder.sobol(self._n_reference, self._seed + 1))
+        reference = (self._encoder.encode(self._encoder.sobol(self._n_reference, self._seed + 1))
+                     if self._acquisition == "timse" else None)
         model = model.condition(self._encoder.encode([{n: t.params[n] for n in self._space}
                                                       for t in known]))
         choice = 0
