@@ -40,7 +40,7 @@ opt = $(if $(2),$(1) $(2))
 WORKER_FLAGS = $(call opt,--workers,$(WORKERS)) $(call opt,--gpus,$(GPUS)) \
 	$(if $(GPUS),--gpus-per-trial $(GPUS_PER_TRIAL)) $(call opt,--storage,$(STORAGE))
 
-.PHONY: install system-deps test test-fast lint sweep worker plots dashboard bench trial \
+.PHONY: install system-deps test test-fast lint sweep worker plots dashboard bench bench-boundary trial \
 	behavior icl report clean
 install: $(VENV)/.installed system-deps
 
@@ -103,6 +103,11 @@ dashboard: install
 
 bench: install
 	$(BIN)/python -m study.bench
+
+# make bench-boundary [BENCH_ARGS="--seeds 20 --max-trials 64"]; --real: the tiny model's objective
+BENCH_ARGS ?=
+bench-boundary: install
+	$(BIN)/python -m study.bench_boundary $(BENCH_ARGS)
 
 trial: install
 	$(BIN)/shiftsweep trial --n-real $(N_REAL) --dream-multiplier $(M) --lr $(LR) \

@@ -14,6 +14,7 @@ A space file declares::
     seeds_per_point: 1     # optional: K trials per sampled point, seeds s..s+K-1 (s = fixed.seed)
     objective: shift       # a measure of objectives.measures, or two: [shift, forgetting]
     boundary_level: null   # optional: the level of the boundary (default: half-way)
+    stop_when: {boundary_settled: 0.05}  # optional: stop once < 5% of the space is undecided
 
 With ``seeds_per_point: K > 1`` every point the sampler proposes runs as K Optuna trials with
 the same parameters and seeds s, s+1, ..., s+K-1 (``study.sweep_worker.trial_config`` does it),
@@ -46,16 +47,19 @@ from objectives.measures import OBJECTIVES  # measures a study may optimize, wit
 HERE = Path(__file__).resolve().parent
 DEFAULT_SPACE = "listening-cpu"
 
-SAMPLERS = ("qmc", "tpe", "random", "gp", "grid")
+SAMPLERS = ("qmc", "tpe", "random", "gp", "grid", "boundary")
 SAMPLER_OPTIONS = {  # option -> (type, meaning)
     "qmc": {"seed": int, "scramble": bool},
+    # the level-set sampler (study.analysis.boundary): Sobol start, then straddle (or timse)
+    "boundary": {"seed": int, "n_startup_trials": int, "acquisition": str},
     "tpe": {"seed": int, "n_startup_trials": int},
     "random": {"seed": int},
     "gp": {"seed": int, "n_startup_trials": int},
     "grid": {"seed": int, "points": int},
 }
 TOP_KEYS = ("description", "dimensions", "fixed", "sampler", "n_trials", "seeds_per_point",
-            "objective", "boundary_level")
+            "objective", "boundary_level", "stop_when")
+STOP_RULES = ("boundary_settled",)
 DIMENSION_KEYS = {"int": {"type", "low", "high", "log", "step"},
                   "float": {"type", "low", "high", "log", "step"},
                   "categorical": {"type", "values"}}
@@ -115,6 +119,8 @@ class SearchSpace:
     boundary_level: float | None = None
     description: str = ""
     seeds_per_point: int = 1  # K: trials per sampled point, seeds base_seed .. base_seed + K - 1
+    # {"boundary_settled": fraction}: stop once that share of the space is undecided (or None)
+    stop_when: dict[str, float] | None = None
 
     @property
     def base_seed(self) -> int:
@@ -156,6 +162,10 @@ class SearchSpace:
             return PerTrialSeedRandom(seed=seed)
         if name == "gp":
             return PerTrialSeedGP(seed=seed, **opts)
+        if name == "boundary":
+            from study.analysis.boundary import BoundarySampler
+
+            return BoundarySampler(self.distributions(), seed=seed, **opts)
         points = opts.get("points", 4)
         return ReplicateAwareGrid(
             {n: d.grid(points) for n, d in self.dimensions.items()}, seed=seed)
@@ -206,7 +216,8 @@ class SearchSpace:
                 "dimensions": {n: _dim_dict(d) for n, d in self.dimensions.items()},
                 "fixed": self.fixed, "sampler": self.sampler, "n_trials": self.n_trials,
                 "seeds_per_point": self.seeds_per_point,
-                "objective": self.objective, "boundary_level": self.boundary_level}
+                "objective": self.objective, "boundary_level": self.boundary_level,
+                **({"stop_when": self.stop_when} if self.stop_when else {})}
 
     def fingerprint(self) -> str:
         """What makes two studies comparable: all but the trial count and the level.
@@ -217,6 +228,7 @@ class SearchSpace:
         data = self.to_dict()
         for key in ("name", "description", "n_trials", "boundary_level"):
             data.pop(key)
+        data.pop("stop_when", None)  # when to stop is not what a trial means
         if data["seeds_per_point"] == 1:
             data.pop("seeds_per_point")
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
@@ -286,7 +298,7 @@ class DeclaredSpaceQMC(optuna.samplers.QMCSampler):
                    if t.number < number and _takes_a_point(t))
 
 
-SHARED_SEED_SAMPLERS = ("qmc", "grid")  # one design that every worker indexes
+SHARED_SEED_SAMPLERS = ("qmc", "grid", "boundary")  # one design, or the study's trials, decide
 
 
 def sampler_seed(seed: int, trial_number: int) -> int:
@@ -491,6 +503,14 @@ def _parse(data: dict[str, Any], name: str, source: str) -> SearchSpace:
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             fail(f"sampler.{opt}", kind.__name__, value)
     sampler.setdefault("seed", 0)
+    if sampler["name"] == "boundary":
+        from study.analysis.boundary import ACQUISITIONS
+
+        if sampler.get("acquisition", ACQUISITIONS[0]) not in ACQUISITIONS:
+            fail("sampler.acquisition", f"one of {', '.join(ACQUISITIONS)}", sampler["acquisition"])
+        if sampler.get("n_startup_trials", 3) < 3:
+            fail("sampler.n_startup_trials", "an integer >= 3 (the model needs 3 points)",
+                 sampler["n_startup_trials"])
 
     n_trials = data.get("n_trials", 16)
     if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
@@ -519,6 +539,20 @@ def _parse(data: dict[str, Any], name: str, source: str) -> SearchSpace:
                               or not math.isfinite(level)):
         fail("boundary_level", "a finite number or null", level)
 
+    stop_when = data.get("stop_when")
+    if isinstance(stop_when, str):
+        stop_when = {stop_when: None}
+    if stop_when is not None:
+        from study.analysis.boundary import DEFAULT_SETTLED
+
+        if not isinstance(stop_when, dict) or set(stop_when) - set(STOP_RULES) or not stop_when:
+            fail("stop_when", "boundary_settled, or {boundary_settled: fraction}", stop_when)
+        fraction = stop_when["boundary_settled"]
+        fraction = DEFAULT_SETTLED if fraction is None else fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction < 1:
+            fail("stop_when.boundary_settled", "a share of the space between 0 and 1", fraction)
+        stop_when = {"boundary_settled": float(fraction)}
+
     description = data.get("description", "")
     if not isinstance(description, str):
         fail("description", "a string", description)
@@ -526,7 +560,8 @@ def _parse(data: dict[str, Any], name: str, source: str) -> SearchSpace:
     space = SearchSpace(name=name, source=source, dimensions=dims, fixed=dict(fixed),
                         sampler=sampler, n_trials=n_trials, objective=list(objective),
                         boundary_level=None if level is None else float(level),
-                        description=description.strip(), seeds_per_point=seeds)
+                        description=description.strip(), seeds_per_point=seeds,
+                        stop_when=stop_when)
     try:  # the fixed settings and both corners must make valid trial configs
         space.corners()
     except UserError as err:  # a range check names only the setting: say where it came from

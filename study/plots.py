@@ -117,14 +117,17 @@ def _base_value(measure: str, rows: list[dict[str, Any]]) -> float:
 # Boundary level
 
 
-def boundary_level(study: optuna.Study, level: float | None = None) -> tuple[float, str]:
+def boundary_level(study: optuna.Study, level: float | None = None,
+                   fitted: list[float] | None = None) -> tuple[float, str]:
     """The level of the first objective at which to draw the boundary, and how it was chosen.
 
     A ``level`` argument wins, then the study's user attr "boundary_level" ("set by user").
     Otherwise half-way between the base model's value (the mean of the measure's ``base`` measure
     in the registry, e.g. base_adoption for adoption; 0 for differences such as shift) and the
     ceiling, the best observed value over the complete trials on the behavior (train_on chosen;
-    for forgetting, a minimized measure: base 0 and the largest observed value).
+    for forgetting, a minimized measure: base 0 and the largest observed value). With
+    ``fitted`` (a model's mean at the observed points, :mod:`study.analysis.boundary`) the
+    ceiling is the best fitted value instead: the best noisy observation overshoots.
     Raises ValueError when no level is set and there is no complete trial to take a ceiling from.
     """
     if level is None:
@@ -138,13 +141,16 @@ def boundary_level(study: optuna.Study, level: float | None = None) -> tuple[flo
         raise ValueError(f"no complete trial with a value of {measure!r} to take a ceiling from; "
                          "set a boundary level")
     base = _base_value(measure, rows)
+    seen = "observed"
+    if fitted:
+        values, seen = [float(v) for v in fitted], "fitted"
     if measure in MINIMIZED:
         base, ceiling, best = 0.0, max(values), "largest"
     elif study.directions[0] == optuna.study.StudyDirection.MINIMIZE:
         ceiling, best = min(values), "best"
     else:
         ceiling, best = max(values), "best"
-    return (base + ceiling) / 2, f"half-way between base {base:.3g} and {best} observed {ceiling:.3g}"
+    return (base + ceiling) / 2, f"half-way between base {base:.3g} and {best} {seen} {ceiling:.3g}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,8 +201,12 @@ def surface_figure(study: optuna.Study, level: float | None = None) -> go.Figure
     """The first objective over (n_real, dream_multiplier), both axes log.
 
     The complete trials' values are interpolated linearly in (log10 n_real, log10 m) and drawn as a
-    filled contour (trace "surface", x/y in real units on log axes); the boundary is a bold contour
-    line at :func:`boundary_level` (trace "boundary"); trials are markers (trace "trials"); the lines
+    filled contour (trace "surface", x/y in real units on log axes); the boundary (trace
+    "boundary") is a bold contour line of the GP model of :mod:`study.analysis.boundary` (the
+    same model ``sampler: boundary`` and ``stop_when`` use; its mean averaged over the
+    dimensions not drawn) at its level, with its 95% band as two dotted lines (trace "95% band
+    ...", naming the share of the space still undecided); where no model can be fitted, the
+    interpolated surface's contour at :func:`boundary_level`. Trials are markers (trace "trials"); the lines
     n_eff = 10, 50, 200 (m = n_eff / n_real) are traces named "n_eff=10" etc. With fewer than 3
     distinct (or only collinear) points, only the markers are drawn and the title says so.
     """
@@ -211,6 +221,19 @@ def lr_figure(study: optuna.Study, level: float | None = None) -> go.Figure:
     return _surface_over(study, ("n_eff", "effective examples (n_eff = n_real × m)"),
                          ("lr", "learning rate"), "effective examples × learning rate", level,
                          diagonal_neff=False)
+
+
+def _boundary_estimate(study: optuna.Study, level: float | None) -> Any:
+    """The study's boundary model (:func:`study.analysis.boundary.estimate`), or None when it
+    cannot be fitted; a plot is drawn either way."""
+    from study.analysis.boundary import estimate
+
+    try:
+        return estimate(study, level)
+    except Exception as err:  # e.g. a degenerate design the GP cannot factor
+        warnings.warn(f"boundary model not fitted ({type(err).__name__}: {err}); "
+                      "drawing the interpolated boundary", stacklevel=2)
+        return None
 
 
 def _surface_over(study: optuna.Study, x_axis: tuple[str, str], y_axis: tuple[str, str],
@@ -244,14 +267,31 @@ def _surface_over(study: optuna.Study, x_axis: tuple[str, str], y_axis: tuple[st
             colorbar=dict(title=dict(text=measure)),
             hovertemplate=(f"{x_key} %{{x:.3g}}<br>{y_key} %{{y:.3g}}<br>" + measure
                            + " %{z:.3g}<extra>interpolated</extra>")))
-        value, how = boundary_level(study, level)
+        found = _boundary_estimate(study, level)
+        plane = found.plane(x_key, y_key, gx, gy) if found is not None else None
+        if plane is not None:  # the model's boundary, as the sampler and the stop rule see it
+            mean, sd = plane
+            value, how, z_line = found.level, found.how, mean
+        else:  # no model (a dimension of the plane is not swept): the interpolated surface
+            (value, how), z_line = boundary_level(study, level), grid
         label = f"boundary: {measure} = {value:.3g} ({how})"
-        if not grid.min() < value < grid.max():
+        if not z_line.min() < value < z_line.max():
             label += " — not crossed in the swept range"
         fig.add_trace(go.Contour(
-            x=gxs, y=gys, z=grid.tolist(), name=label, showlegend=True, showscale=False,
+            x=gxs, y=gys, z=z_line.tolist(), name=label, showlegend=True, showscale=False,
             autocontour=False, contours=dict(start=value, end=value, size=1.0, coloring="none"),
             line=dict(width=4, color="#d62728"), hoverinfo="skip"))
+        if plane is not None:
+            from study.analysis.boundary import BAND_Z
+
+            band = (f"95% band of the boundary: {found.undecided:.0%} of the space undecided "
+                    f"(GP over {found.n_trials} trials)")
+            for k, edge in enumerate((mean - BAND_Z * sd, mean + BAND_Z * sd)):
+                fig.add_trace(go.Contour(
+                    x=gxs, y=gys, z=edge.tolist(), name=band, legendgroup="band",
+                    showlegend=k == 0, showscale=False, autocontour=False,
+                    contours=dict(start=value, end=value, size=1.0, coloring="none"),
+                    line=dict(width=2, color="#d62728", dash="dot"), hoverinfo="skip"))
 
     x_lo, x_hi = 10 ** xr[0], 10 ** xr[1]
     for n in NEFF_LINES:

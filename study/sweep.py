@@ -426,8 +426,12 @@ class Progress:
             eta = f"ETA {_fmt_time(per * math.ceil(remaining / max(1, self.workers)))}"
         else:
             eta = "ETA after the first trial" if remaining else "ETA 0m00s"
+        from study.analysis.boundary import undecided_now
+
+        undecided = undecided_now(self.study)  # None unless the space has stop_when
         return (f"trials {c.done}/{c.target} done ({c.complete} complete, {c.failed} failed), "
-                f"{c.running} running · elapsed {_fmt_time(elapsed)} · {eta}")
+                f"{c.running} running · elapsed {_fmt_time(elapsed)} · {eta}"
+                + ("" if undecided is None else f" · boundary undecided {undecided:.0%}"))
 
     def poll(self) -> None:
         from optuna.trial import TrialState

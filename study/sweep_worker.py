@@ -281,10 +281,11 @@ def serialize_sqlite_pops(storage: Any) -> None:
 
 def optimize(study: Any, objective: Any) -> None:
     """Run trials until the study has its trials (queued replicates and retries included)."""
+    from study.analysis.boundary import boundary_settled
     from study.sweep import sweep_finished
 
     def stop_when_done(study: Any, trial: Any) -> None:
-        if sweep_finished(study):
+        if sweep_finished(study) or boundary_settled(study):  # stop_when: boundary_settled
             study.stop()
 
     study.optimize(objective, callbacks=[stop_when_done], catch=(Exception,), gc_after_trial=False)
