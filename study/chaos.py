@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import json
 import math
 import os
@@ -183,6 +182,21 @@ class Sandbox:
                     found.append(p)
         return found
 
+    def training(self) -> set[int]:
+        """Trials whose optimizer steps have begun, from the worker logs (``[shiftsweep]
+        trial #N: ...`` then ``training on ...``)."""
+        started: set[int] = set()
+        for log in sorted(self.home.rglob("worker-*.log"), key=lambda p: p.stat().st_mtime):
+            current = None
+            with contextlib.suppress(OSError):
+                for line in log.read_text(errors="replace").splitlines():
+                    found = re.search(r"trial #(\d+):", line)
+                    if found:
+                        current = int(found.group(1))
+                    elif "training on" in line and current is not None:
+                        started.add(current)
+        return started
+
     def worker(self, rank: int = 0) -> Any:
         import psutil
 
@@ -221,15 +235,19 @@ class Sandbox:
             raise Skip("PostgreSQL is not installed")
         return server.url
 
-    def trials(self, url: str, study: str) -> list[Any]:
-        import optuna
-
+    def store(self, url: str) -> Any:
+        """One storage connection per URL, for reading the study (and queueing trials)."""
         import storage
 
         if url not in self._stores:
             self._stores[url] = storage.open_storage(url)
+        return self._stores[url]
+
+    def trials(self, url: str, study: str) -> list[Any]:
+        import optuna
+
         try:
-            return optuna.load_study(study_name=study, storage=self._stores[url]).get_trials()
+            return optuna.load_study(study_name=study, storage=self.store(url)).get_trials()
         except KeyError:  # not created yet
             return []
 
@@ -339,11 +357,16 @@ def fmt_states(trials: list[Any]) -> str:
 
 
 def wait_mid_trial(sb: Sandbox, proc: Proc, url: str, study: str, timeout: float = 300,
-                   min_running_s: float = 1.5, after_complete: int = 1) -> int:
-    """Wait until ``after_complete`` trials are COMPLETE and another has run ``min_running_s``."""
+                   min_running_s: float = 1.0, after_complete: int = 1) -> int:
+    """Wait until ``after_complete`` trials are COMPLETE and another is training.
+
+    Training: the worker's log says it began the trial's optimizer steps ("training on ...")
+    at least ``min_running_s`` ago, so the fault lands in the fine-tune, not in the imports.
+    """
     from optuna.trial import TrialState
 
     deadline = time.time() + timeout
+    seen: dict[int, float] = {}  # trial number -> when its training was first seen
     while time.time() < deadline:
         sb.track()
         if proc.poll() is not None:
@@ -352,13 +375,16 @@ def wait_mid_trial(sb: Sandbox, proc: Proc, url: str, study: str, timeout: float
         if "worker(s) started" in proc.output():
             trials = sb.trials(url, study)
             done = sum(t.state == TrialState.COMPLETE for t in trials)
-            now = datetime.datetime.now()
-            running = [t for t in trials if t.state == TrialState.RUNNING and t.datetime_start
-                       and (now - t.datetime_start).total_seconds() >= min_running_s]
-            if done >= after_complete and running:
-                return running[0].number
+            training = sb.training()
+            for t in trials:
+                if t.state == TrialState.RUNNING and t.number in training:
+                    seen.setdefault(t.number, time.time())
+            ready = [n for n, when in seen.items() if time.time() - when >= min_running_s
+                     and any(t.number == n and t.state == TrialState.RUNNING for t in trials)]
+            if done >= after_complete and ready:
+                return ready[0]
         time.sleep(0.3)
-    raise Unexpected(f"no trial was running after {after_complete} completed ({timeout:.0f} s)")
+    raise Unexpected(f"no trial was training after {after_complete} completed ({timeout:.0f} s)")
 
 
 def _last_line(text: str) -> str:
@@ -368,6 +394,13 @@ def _last_line(text: str) -> str:
 
 def _reason(t: Any) -> str:
     return str(t.user_attrs.get("fail_reason", ""))
+
+
+def counted(trials: list[Any]) -> int:
+    """Trials the study counts as done: complete, or failed and not queued again."""
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    return sum(t.state.name == "COMPLETE" or (t.state.name == "FAIL" and t.number not in retried)
+               for t in trials)
 
 
 def _retries(trials: list[Any], number: int) -> list[Any]:
@@ -398,7 +431,7 @@ def kill_worker(ctx: Context, out: Outcome, kind: str) -> None:
     """SIGKILL of the worker process mid-trial (what the kernel's OOM killer does)."""
     sb = Sandbox(f"kill-{kind}", ctx.keep)
     try:
-        url, study, target = sb.url(kind, ctx.server), f"chaos-kill-{kind}", 3
+        url, study, target = sb.url(kind, ctx.server), f"chaos-kill-{kind}", 2
         cmd = sweep_cmd(sb.space("kill", target), target, url, study)
         first = sb.start(cmd, "sweep")
         victim = wait_mid_trial(sb, first, url, study)
@@ -427,7 +460,7 @@ def restart_postgres(ctx: Context, out: Outcome) -> None:
         raise Skip("PostgreSQL is not installed")
     sb = Sandbox("pg-restart", ctx.keep)
     try:
-        url, study, target = ctx.server.url, "chaos-pg-restart", 3
+        url, study, target = ctx.server.url, "chaos-pg-restart", 2
         proc = sb.start(sweep_cmd(sb.space("restart", target), target, url, study),
                         "sweep")
         during = wait_mid_trial(sb, proc, url, study)
@@ -448,9 +481,7 @@ def restart_postgres(ctx: Context, out: Outcome) -> None:
                         + f"; {complete}/{target} complete ({fmt_states(trials)})")
         if code not in (0, None):
             out.happened += "; " + _last_line(proc.output())
-        counted = [t for t in trials if t.state.name in ("COMPLETE", "FAIL")
-                   and not any(t.number in r.system_attrs.get("retry_history", []) for r in trials)]
-        out.expected = (code == 0 and len(counted) == target and complete >= target - 1
+        out.expected = (code == 0 and counted(trials) == target and complete >= target - 1
                         and "RUNNING" not in states(trials))
         _finish(out, sb, url, study, before, target)
     finally:
@@ -461,10 +492,10 @@ def kill_rank(ctx: Context, out: Outcome) -> None:
     """SIGKILL of rank 1 of a 2-process (gloo) trial: the group must not hang."""
     sb = Sandbox("rank", ctx.keep)
     try:
-        url, study, target = sb.url("sqlite"), "chaos-rank", 3
+        url, study, target = sb.url("sqlite"), "chaos-rank", 2
         proc = sb.start(sweep_cmd(sb.space("rank", target), target, url, study,
                                   "--processes", "2"), "sweep")
-        victim = wait_mid_trial(sb, proc, url, study)
+        victim = wait_mid_trial(sb, proc, url, study, after_complete=0)
         before = snapshot(sb, url, study)
         sb.worker(1).kill()
         killed_at = time.time()
@@ -475,15 +506,13 @@ def kill_rank(ctx: Context, out: Outcome) -> None:
         trials = sb.trials(url, study)
         hit = next(t for t in trials if t.number == victim)
         complete = sum(t.state.name == "COMPLETE" for t in trials)
-        done = sum(t.state.name in ("COMPLETE", "FAIL") for t in trials
-                   if not _retries(trials, t.number) or t.state.name == "COMPLETE")
         out.happened = (f"rank 1 killed in trial {victim}: sweep "
                         + ("hung for 240 s" if code is None else f"exit {code} after {waited:.0f} s")
                         + f"; trial {victim} {hit.state.name}"
                         + (f" ({_reason(hit)[:60]})" if _reason(hit) else "")
                         + f"; {complete}/{target} complete ({fmt_states(trials)})")
-        out.expected = (code == 0 and hit.state.name == "FAIL" and done >= target
-                        and "RUNNING" not in states(trials))
+        out.expected = (code == 0 and hit.state.name == "FAIL" and counted(trials) == target
+                        and complete >= 1 and "RUNNING" not in states(trials))
         _finish(out, sb, url, study, before, target)
     finally:
         sb.close()
@@ -521,58 +550,64 @@ def diverge(ctx: Context, out: Outcome) -> None:
 
 
 def _steps_run(t: Any) -> int | None:
-    """Optimizer steps a trial ran: its training log, or the step its fail reason names.
-
-    The log must end at its first non-finite loss (a later step means training went on)."""
+    """The optimizer step a diverged trial stopped at: the one its fail reason names, or its
+    training log's first non-finite loss. None if its log goes on past that step."""
     log = Path(t.user_attrs.get("trial_dir", "/nonexistent")) / "train_log.jsonl"
-    losses = []
+    losses: list[Any] = []
     with contextlib.suppress(OSError, ValueError):
         losses = [json.loads(line).get("loss") for line in log.read_text().splitlines() if line]
-    if losses:
-        bad = [i for i, v in enumerate(losses) if v is None or not math.isfinite(v)]
-        return bad[0] + 1 if bad and bad[0] == len(losses) - 1 else len(losses) if not bad else None
+    bad = [i + 1 for i, v in enumerate(losses) if v is None or not math.isfinite(v)]
     found = re.search(r"step (\d+)", _reason(t))
-    return int(found.group(1)) if found else None
+    stop = int(found.group(1)) if found else (bad[0] if bad else None)
+    return stop if stop is not None and len(losses) <= stop else None
 
 
 def out_of_memory(ctx: Context, out: Outcome) -> None:
-    """An address-space limit lowered on the worker mid-trial: its next big allocation fails.
+    """A memory limit on the worker, and a trial whose training step needs more than it allows.
 
-    The limit is the kernel's (``prlimit``, RLIMIT_AS), set from outside the process and
-    lifted as soon as the trial is recorded failed, so the next trial has its memory back.
+    The limit is the kernel's (RLIMIT_AS, set from outside with ``prlimit`` while the first,
+    small trial trains: its working set plus 512 MiB). The second trial's one step takes a
+    batch of 6000 repeated examples, several GiB of activations and logits: its allocation
+    fails in the forward pass, as an out-of-memory on a GPU does. The third is small again.
     """
+    import optuna
+
     sb = Sandbox("oom", ctx.keep)
     try:
         url, study, target = sb.url("sqlite"), "chaos-oom", 3
-        proc = sb.start(sweep_cmd(sb.space("oom", target, epochs=6), target, url, study),
-                        "sweep")
-        victim = wait_mid_trial(sb, proc, url, study, after_complete=0, min_running_s=2.0)
+        dims = {"n_real": {"type": "int", "low": 4, "high": 300},
+                "dream_multiplier": {"type": "int", "low": 1, "high": 20},
+                "batch_size": {"type": "categorical", "values": [2, 6000]}}
+        space = sb.space("oom", target, dimensions=dims, dream_strategy="repeat",
+                         micro_batch_size=6000, epochs=6)
+        cmd = sweep_cmd(space, target, url, study)
+        sb.run([*cmd, "--workers", "0"], "create", 300)
+        queued = optuna.load_study(study_name=study, storage=sb.store(url))
+        for point in ({"n_real": 4, "dream_multiplier": 1, "batch_size": 2},
+                      {"n_real": 300, "dream_multiplier": 20, "batch_size": 6000},
+                      {"n_real": 5, "dream_multiplier": 1, "batch_size": 2}):
+            queued.enqueue_trial(point)
+        proc = sb.start(cmd, "sweep")
+        wait_mid_trial(sb, proc, url, study, after_complete=0, min_running_s=0.0)
         before = snapshot(sb, url, study)
         worker = sb.worker(0)
-        vms = worker.memory_info().vms
-        resource.prlimit(worker.pid, resource.RLIMIT_AS, (vms - (64 << 20), resource.RLIM_INFINITY))
-        deadline, state = time.time() + 60, "RUNNING"
-        while time.time() < deadline and state == "RUNNING" and proc.poll() is None:
-            time.sleep(0.2)
-            hit = [t for t in sb.trials(url, study) if t.number == victim]
-            state = hit[0].state.name if hit else "RUNNING"
-        with contextlib.suppress(ProcessLookupError):
-            resource.prlimit(worker.pid, resource.RLIMIT_AS,
-                             (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        limit = worker.memory_info().vms + (512 << 20)
+        resource.prlimit(worker.pid, resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))
         code = proc.wait(400)
         if code is None:
             sb.stop_all()
         trials = sb.trials(url, study)
-        hit = next(t for t in trials if t.number == victim)
-        later = [t for t in trials if t.number > victim and t.state.name == "COMPLETE"]
-        complete = sum(t.state.name == "COMPLETE" for t in trials)
-        out.happened = (f"address space capped in trial {victim}: trial {victim} {hit.state.name}"
-                        + (f" '{_reason(hit)[:60]}'" if _reason(hit) else "")
-                        + f"; sweep {'hung' if code is None else f'exit {code}'}; "
-                        f"{len(later)} later trial(s) complete ({fmt_states(trials)})")
-        out.expected = (code == 0 and hit.state.name == "FAIL"
-                        and re.match(r"oom\b", _reason(hit), re.IGNORECASE) is not None
-                        and complete == target - 1 and "RUNNING" not in states(trials))
+        big = next((t for t in trials if t.params.get("batch_size") == 6000), None)
+        small = [t for t in trials if t.params.get("batch_size") == 2]
+        out.happened = ("RLIMIT_AS = working set + 512 MiB: big-batch trial "
+                        + (f"{big.number} {big.state.name}" if big else "missing")
+                        + (f" '{_reason(big)[:70]}'" if big and _reason(big) else "")
+                        + f"; sweep {'hung' if code is None else f'exit {code}'}; small trials "
+                        + ", ".join(f"{t.number} {t.state.name}" for t in small))
+        out.expected = (code == 0 and big is not None and big.state.name == "FAIL"
+                        and re.match(r"oom\b", _reason(big), re.IGNORECASE) is not None
+                        and [t.state.name for t in small] == ["COMPLETE", "COMPLETE"]
+                        and "RUNNING" not in states(trials))
         _finish(out, sb, url, study, before, target)
     finally:
         sb.close()
@@ -583,10 +618,10 @@ def disk_full(ctx: Context, out: Outcome) -> None:
     sb = Sandbox("disk", ctx.keep)
     try:
         sb.mount_tmpfs(sb.home / "trials", "4m")
-        url, study, target = sb.url("sqlite"), "chaos-disk", 3
+        url, study, target = sb.url("sqlite"), "chaos-disk", 2
         cmd = sweep_cmd(sb.space("disk", target), target, url, study)
         proc = sb.start(cmd, "sweep")
-        wait_mid_trial(sb, proc, url, study, min_running_s=0.5)
+        wait_mid_trial(sb, proc, url, study, min_running_s=0.0)
         filler = sb.home / "trials" / "filler"
         with open(filler, "wb") as f, contextlib.suppress(OSError):
             while True:
@@ -598,7 +633,8 @@ def disk_full(ctx: Context, out: Outcome) -> None:
         before = snapshot(sb, url, study)
         during = sb.trials(url, study)
         text = proc.output()
-        said = [ln for ln in text.splitlines() if "space" in ln.lower()]
+        said = [ln for ln in text.splitlines()
+                if re.search(r"no space|ENOSPC|disk is full", ln, re.IGNORECASE)]
         traceback = "Traceback" in text
         filler.unlink()
         rerun = sb.run(cmd, "rerun", 400)
@@ -623,7 +659,7 @@ def interrupt(ctx: Context, out: Outcome, sig: signal.Signals) -> None:
     """Ctrl-C (SIGINT to the terminal's process group) or SIGTERM to ``make`` (a scheduler's)."""
     sb = Sandbox(sig.name.lower(), ctx.keep)
     try:
-        url, study, target = sb.url("sqlite"), f"chaos-{sig.name.lower()}", 3
+        url, study, target = sb.url("sqlite"), f"chaos-{sig.name.lower()}", 2
         cmd = make_sweep_cmd(sb.space(sig.name.lower(), target), target, url, study)
         proc = sb.start(cmd, "make")
         victim = wait_mid_trial(sb, proc, url, study)
