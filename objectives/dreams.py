@@ -25,7 +25,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import random
 import re
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from typing import Any
 
 from objectives.behavior import LeakIndex, normalize, prompt_text, word_jaccard
 from objectives.errors import UserError
+from objectives.records import write_json
 
 Row = dict[str, Any]
 # Paraphrases a list of texts; returns one candidate (or None) per text.
@@ -128,11 +128,7 @@ class DreamCache:
         return data if isinstance(data, list) else []
 
     def save(self, row: Row, variations: list[Row]) -> None:
-        path = self._path(row)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(variations))
-        os.replace(tmp, path)
+        write_json(self._path(row), variations, indent=None)
 
 
 def make_training_set(real: list[Row], multiplier: int, strategy: str, seed: int,

@@ -2,9 +2,10 @@
 
 One optimizer step takes one *global* batch of ``batch_size`` examples. The batch is split
 over the processes (rank r takes examples r, r+W, ...) and each share over micro-batches of
-``micro_batch_size``; gradients accumulate without synchronisation until the last
-micro-batch. The loss is the sum of token losses divided by the number of completion tokens
-in the whole global batch, so a step computes the same gradient whatever the number of
+``micro_batch_size``; gradients accumulate without synchronisation, the processes agree that
+every share succeeded (:mod:`objectives.ranks`), and then sum their gradients. The loss is
+the sum of token losses divided by the number of completion tokens in the whole global batch,
+so a step computes the same gradient whatever the number of
 processes or the micro-batch size: ``steps = epochs * ceil(n_eff / batch_size)`` always.
 """
 
@@ -12,12 +13,12 @@ from __future__ import annotations
 
 import random
 import time
-from contextlib import nullcontext
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from objectives import faults, ranks
 from objectives.config import TrialConfig
 from objectives.tokens import Encoded, collate, encode_pair
 
@@ -50,8 +51,18 @@ def train(model: Any, tokenizer: Any, rows: list[dict[str, Any]], config: TrialC
 
     scheduler = get_scheduler(config.lr_schedule, optimizer, num_warmup_steps=config.warmup_steps,
                               num_training_steps=len(plan))
-    wrapped, optimizer = accelerator.prepare(model, optimizer)
+    # The model is not wrapped in DDP: its forward broadcasts buffers and its backward
+    # all-reduces gradients, collectives that a process failing mid-step would leave the others
+    # waiting in. The processes agree on each step first, then sum gradients (_sum_gradients).
+    optimizer = accelerator.prepare(optimizer)
+    wrapped = model
     world, rank = accelerator.num_processes, accelerator.process_index
+    if world > 1:  # every process has got here; start from rank 0's weights, as DDP would
+        ranks.exchange(accelerator)
+        import torch.distributed as dist
+
+        for p in params:
+            dist.broadcast(p.data, src=0)
     wrapped.train()
     log: list[dict[str, float]] = []
     try:
@@ -61,29 +72,45 @@ def train(model: Any, tokenizer: Any, rows: list[dict[str, Any]], config: TrialC
             share = batch[rank::world]
             micro = [share[i:i + config.micro_batch_size]
                      for i in range(0, len(share), config.micro_batch_size)]
-            weight = 1.0
-            if not micro:
-                # DDP needs every process in the gradient all-reduce: a zero-weight pass.
-                micro, weight = [batch[:1]], 0.0
-            local_loss = torch.zeros((), dtype=torch.float64)
-            for k, part in enumerate(micro):
-                sync = k == len(micro) - 1
-                with nullcontext() if sync else accelerator.no_sync(wrapped):
+            local_loss, error = 0.0, None
+            try:
+                faults.inject("train_step", rank)
+                for part in micro:
                     nll = _nll_sum(wrapped, [encoded[i] for i in part], tokenizer.pad_token_id,
                                    accelerator)
-                    # DDP averages gradients over processes: scale by world to get the sum.
-                    accelerator.backward(nll * (weight * world / tokens))
-                local_loss += float(nll.detach()) * weight
+                    accelerator.backward(nll / tokens)
+                    local_loss += float(nll.detach())
+            except Exception as err:
+                error = err
+            # Every process has its share's gradient, or has failed: agree, then sum them.
+            total = sum(ranks.exchange(accelerator, local_loss, error))
+            if world > 1:
+                _sum_gradients(params, accelerator)
+            lr = scheduler.get_last_lr()[0]  # the rate this step is taken with
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            total = accelerator.reduce(local_loss.to(accelerator.device), reduction="sum")
-            log.append({"step": step, "loss": float(total) / tokens, "lr": scheduler.get_last_lr()[0],
+            log.append({"step": step, "loss": total / tokens, "lr": lr,
                         "examples": len(batch), "tokens": tokens,
                         "seconds": time.perf_counter() - started})
     finally:
         accelerator.free_memory(wrapped, optimizer)
     return log
+
+
+def _sum_gradients(params: list[torch.nn.Parameter], accelerator: Any) -> None:
+    """Sum every process's gradients (each already divided by the global batch's tokens), so a
+    step's gradient does not depend on the number of processes; one flat all-reduce."""
+    import torch.distributed as dist
+
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    offset = 0
+    for p, g in zip(params, grads, strict=True):
+        n = g.numel()
+        p.grad = flat[offset:offset + n].view_as(p).to(p.dtype)
+        offset += n
 
 
 def _nll_sum(model: Any, batch: list[Encoded], pad_id: int, accelerator: Any) -> torch.Tensor:

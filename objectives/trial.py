@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import random
 import time
 from collections.abc import Callable
@@ -28,12 +27,13 @@ from typing import Any
 
 import torch
 
-from objectives import dreams, scoring
+from objectives import dreams, faults, ranks, scoring
 from objectives.behavior import Behavior, load_behavior
 from objectives.config import TrialConfig
 from objectives.errors import UserError
 from objectives.finetune import train
 from objectives.models import fingerprint, load_model, lora_target_modules
+from objectives.records import write_json
 from objectives.tokens import generate
 
 log = logging.getLogger("shiftsweep")
@@ -84,6 +84,7 @@ class Session:
             _encoder()
         self._ensure_model(config.model)
         lap("model_load_s")
+        faults.inject("data", acc.process_index)
         behavior = self._behavior(config.behavior)
         real = dreams.select_real(self._real_pool(behavior, config), config.n_real, config.seed)
         lap("data_s")
@@ -120,6 +121,7 @@ class Session:
                      "texts", len(probes), len(contrast), len(scored_real),
                      len(_control_texts(behavior, config)))
             trainable.eval()
+            faults.inject("score", acc.process_index)
             tuned_probe = self._margins(trainable, probes, config)
             tuned_contrast = self._margins(trainable, contrast, config)
             tuned_train = self._margins(trainable, scored_real, config)
@@ -276,7 +278,7 @@ class Session:
             values = (compute or (lambda part: self._margins(self.model, part, config)))(missing)
             cache[kind].update((str(r["line"]), v) for r, v in zip(missing, values, strict=True))
             if self.accelerator.is_main_process:
-                _write_json(path, cache)
+                write_json(path, cache)
         return [cache[kind][str(r["line"])] for r in rows]
 
     def _base_control(self, behavior: Behavior, config: TrialConfig) -> dict[str, Any]:
@@ -342,9 +344,10 @@ class Session:
                                             config.seed, probes, behavior.dream,
                                             written=behavior.dream_rows())
         # Sampling runs on the main process only; every process trains on the same rows.
-        # A failure there is sent to every rank too, so all fail the trial together instead of
-        # the others reading rank 0's next message as the rows.
-        out: tuple[str, Any, Any] = ("ok", None, None)
+        # A failure there reaches every rank (objectives.ranks), so all fail the trial together
+        # instead of the others reading rank 0's next message as the rows.
+        out: tuple[Any, Any] = (None, None)
+        error: BaseException | None = None
         if self.accelerator.is_main_process:
             import storage
 
@@ -356,16 +359,10 @@ class Session:
                 rows = dreams.make_training_set(real, config.dream_multiplier, "model",
                                                 config.seed, probes, behavior.dream,
                                                 self._paraphraser(config), cache=cache)
-                out = ("ok", rows, {"generated": cache.generated, "reused": cache.reused})
+                out = (rows, {"generated": cache.generated, "reused": cache.reused})
             except Exception as err:
-                out = ("user" if isinstance(err, UserError) else "error",
-                       str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}",
-                       None)
-        status, rows, counts = self._broadcast(out)
-        if status == "user":
-            raise UserError(rows)
-        if status == "error":
-            raise RuntimeError(f"dream generation failed on the main process: {rows}")
+                error = err
+        rows, counts = self._broadcast(out, error)
         self._dream_counts = counts
         return rows
 
@@ -402,31 +399,32 @@ class Session:
 
     # --- splitting work over processes ----------------------------------------------------------
     def _sharded(self, items: list[Any], fn: Callable[[list[Any]], list[Any]]) -> list[Any]:
-        """Apply ``fn`` to this process's share of ``items``; gather all shares in order."""
+        """Apply ``fn`` to this process's share of ``items``; gather all shares in order.
+
+        A share that fails is sent as a failure, so every process fails together
+        (:mod:`objectives.ranks`)."""
         world, rank = self.accelerator.num_processes, self.accelerator.process_index
         if world == 1:
             return fn(items)
         mine = list(range(rank, len(items), world))
-        values = fn([items[i] for i in mine]) if mine else []
+        try:
+            values, error = (fn([items[i] for i in mine]) if mine else []), None
+        except Exception as err:
+            values, error = [], err
         out: list[Any] = [None] * len(items)
-        for index, part in self._gather([(mine, values)]):
+        for index, part in ranks.exchange(self.accelerator, (mine, values), error):
             for i, value in zip(index, part, strict=True):
                 out[i] = value
         return out
 
     def _gather(self, objects: list[Any]) -> list[Any]:
-        if self.accelerator.num_processes == 1:
-            return objects
-        from accelerate.utils import gather_object
+        """Every process's ``objects``, concatenated in rank order."""
+        return [o for part in ranks.exchange(self.accelerator, objects) for o in part]
 
-        return gather_object(objects)
-
-    def _broadcast(self, value: Any) -> Any:
-        if self.accelerator.num_processes == 1:
-            return value
-        from accelerate.utils import broadcast_object_list
-
-        return broadcast_object_list([value])[0]
+    def _broadcast(self, value: Any, error: BaseException | None = None) -> Any:
+        """The main process's ``value`` on every process; ``error``: the main process failed
+        making it, and every process raises."""
+        return ranks.exchange(self.accelerator, value, error)[0]
 
 
 def real_pool(behavior: Behavior, config: TrialConfig) -> list[dict[str, Any]]:
@@ -477,13 +475,6 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-
-
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
 
 
 def _fixed_subset(items: list[Any], n: int | None, salt: str) -> list[Any]:

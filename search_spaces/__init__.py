@@ -135,7 +135,15 @@ class SearchSpace:
         return [OBJECTIVES[name] for name in self.objective]
 
     def make_sampler(self) -> Any:
-        """The sampler; every worker builds it with the same seed (grid and QMC need that)."""
+        """The sampler, built the same way by every worker.
+
+        Grid and QMC share the space's seed: every worker indexes one design, and a trial's
+        point is its rank among the study's trials. TPE, random and GP reseed their random
+        state from the space's seed and the trial number before each trial
+        (:func:`sampler_seed`): trial numbers are unique, so two workers never draw from the
+        same state (with one shared seed they proposed the same points), and a one-worker
+        sweep is reproducible.
+        """
         opts = dict(self.sampler)
         name = opts.pop("name")
         seed = opts.pop("seed", 0)
@@ -143,14 +151,21 @@ class SearchSpace:
             return DeclaredSpaceQMC(self.distributions(), seed=seed,
                                     scramble=opts.get("scramble", True))
         if name == "tpe":
-            return optuna.samplers.TPESampler(seed=seed, **opts)
+            return PerTrialSeedTPE(seed=seed, **opts)
         if name == "random":
-            return optuna.samplers.RandomSampler(seed=seed)
+            return PerTrialSeedRandom(seed=seed)
         if name == "gp":
-            return optuna.samplers.GPSampler(seed=seed, **opts)
+            return PerTrialSeedGP(seed=seed, **opts)
         points = opts.get("points", 4)
         return ReplicateAwareGrid(
             {n: d.grid(points) for n, d in self.dimensions.items()}, seed=seed)
+
+    def sampler_seed(self, trial_number: int) -> int:
+        """The seed the sampler used for trial ``trial_number`` (recorded on every trial)."""
+        seed = int(self.sampler.get("seed", 0))
+        if self.sampler["name"] in SHARED_SEED_SAMPLERS:
+            return seed
+        return sampler_seed(seed, trial_number)
 
     def suggest(self, trial: Any) -> dict[str, Any]:
         """Ask ``trial`` for a value of every dimension."""
@@ -269,6 +284,53 @@ class DeclaredSpaceQMC(optuna.samplers.QMCSampler):
         number = trial.system_attrs.get("failed_trial", trial.number)
         return sum(1 for t in study._storage.get_all_trials(study._study_id, deepcopy=False)
                    if t.number < number and _takes_a_point(t))
+
+
+SHARED_SEED_SAMPLERS = ("qmc", "grid")  # one design that every worker indexes
+
+
+def sampler_seed(seed: int, trial_number: int) -> int:
+    """A seed for trial ``trial_number`` of a sampler seeded ``seed`` (32 bits of a hash)."""
+    digest = hashlib.sha256(f"shiftsweep-sampler:{seed}:{trial_number}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+class _PerTrialSeed:
+    """Reseed an Optuna sampler's random state before each trial from (seed, trial number).
+
+    Optuna's samplers keep one random state per process; workers built with the same seed
+    walk the same sequence and propose the same points. The trial number is unique in a study
+    (the storage hands it out), so reseeding from it gives every trial its own stream.
+    """
+
+    _base_seed: int
+
+    def before_trial(self, study: Any, trial: Any) -> None:
+        super().before_trial(study, trial)  # type: ignore[misc]
+        seed = sampler_seed(self._base_seed, trial.number)
+        for part in (self, getattr(self, "_random_sampler", None),
+                     getattr(self, "_independent_sampler", None)):
+            state = getattr(part, "_rng", None)
+            if state is not None:
+                state.rng.seed(seed)
+
+
+class PerTrialSeedTPE(_PerTrialSeed, optuna.samplers.TPESampler):
+    def __init__(self, seed: int, **options: Any) -> None:
+        super().__init__(seed=seed, **options)
+        self._base_seed = seed
+
+
+class PerTrialSeedRandom(_PerTrialSeed, optuna.samplers.RandomSampler):
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed=seed)
+        self._base_seed = seed
+
+
+class PerTrialSeedGP(_PerTrialSeed, optuna.samplers.GPSampler):
+    def __init__(self, seed: int, **options: Any) -> None:
+        super().__init__(seed=seed, **options)
+        self._base_seed = seed
 
 
 def _takes_a_point(trial: Any) -> bool:

@@ -6,7 +6,9 @@ points elsewhere; everything under it except the code is ignored by git.
 
 from __future__ import annotations
 
+import functools
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -88,11 +90,10 @@ def open_storage(url: str | None = None, heartbeat_s: int = HEARTBEAT_S) -> Any:
     - ``sqlite:///``, ``postgresql://``, ``mysql://``: an RDBStorage with a heartbeat, so a
       killed trial goes stale after ``GRACE_FACTOR`` missed beats and is queued again
       (``RetryHeartbeatStaleTrialCallback``) when the next trial starts;
-    - ``journal:FILE`` or a ``*.log`` path: a JournalStorage file (no heartbeat there: Optuna
-      has none for journals, so a killed trial stays RUNNING until ``shiftsweep sweep``
-      finds it interrupted).
+    - ``journal:FILE`` or a ``*.log`` path: a JournalStorage file with the same heartbeat,
+      kept in files beside the journal (:func:`heartbeat_journal_storage`; Optuna has none for
+      journals, and without one a killed trial stayed RUNNING for ever).
     """
-    import optuna
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     from objectives.errors import UserError
@@ -103,7 +104,9 @@ def open_storage(url: str | None = None, heartbeat_s: int = HEARTBEAT_S) -> Any:
 
         path = Path(url.removeprefix("journal:"))
         path.parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        return heartbeat_journal_storage(JournalFileBackend(str(path)), path, heartbeat_s,
+                                       heartbeat_s * GRACE_FACTOR,
+                                       RetryHeartbeatStaleTrialCallback(max_retry=2))
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -111,11 +114,22 @@ def open_storage(url: str | None = None, heartbeat_s: int = HEARTBEAT_S) -> Any:
         engine_kwargs = {"connect_args": {"timeout": 120}}
     else:
         engine_kwargs = {"pool_pre_ping": True}
-    try:
+    def connect() -> Any:
         return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_s,
                           grace_period=heartbeat_s * GRACE_FACTOR,
                           heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
                               max_retry=2))
+
+    try:
+        try:
+            return connect()
+        except Exception as err:
+            # Two processes creating the same new database at once: the one that lost the race
+            # to write its schema version finds it written; the schema is there now.
+            if "UNIQUE constraint" not in str(err) and "duplicate key" not in str(err):
+                raise
+            time.sleep(1.0)
+            return connect()
     except ModuleNotFoundError as err:
         raise UserError(f"--storage {redact(url)}: its database driver is not installed "
                         f"({err.name}); for MySQL run `pip install pymysql`") from None
@@ -132,3 +146,61 @@ def redact(url: str) -> str:
         user = cred.split(":", 1)[0]
         return f"{head}://{user}:***@{rest}" if ":" in cred else url
     return url
+
+
+@functools.cache
+def _journal_storage_class() -> type:
+    import optuna
+    from optuna.storages._heartbeat import BaseHeartbeat
+
+    class _HeartbeatJournalStorage(optuna.storages.JournalStorage, BaseHeartbeat):
+        """A JournalStorage with Optuna's heartbeat, so a killed trial is failed and retried.
+
+        Optuna's heartbeat lives in RDB tables; a journal has none. Here the worker running a
+        trial touches ``<journal>.heartbeats/<trial id>`` every ``heartbeat_s`` seconds (Optuna's
+        heartbeat thread calls :meth:`record_heartbeat`), beside the journal and so on the file
+        system every worker of the study already shares. A RUNNING trial whose file is older
+        than ``grace_s`` (or that has none that long after it started) is stale: Optuna's
+        ``fail_stale_trials`` fails it and the callback queues it again, as with RDB storages.
+        """
+
+        def __init__(self, backend: Any, path: Path, heartbeat_s: int, grace_s: int,
+                     callback: Any) -> None:
+            super().__init__(backend)
+            self._beats = Path(f"{path}.heartbeats")
+            self._interval = heartbeat_s
+            self._grace = grace_s
+            self._callback = callback
+
+        def record_heartbeat(self, trial_id: int) -> None:
+            self._beats.mkdir(parents=True, exist_ok=True)
+            (self._beats / str(trial_id)).touch()
+
+        def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+            from optuna.trial import TrialState
+
+            now = time.time()
+            stale = []
+            for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+                try:
+                    last = (self._beats / str(t._trial_id)).stat().st_mtime
+                except FileNotFoundError:  # no beat yet: count from the trial's start
+                    last = t.datetime_start.timestamp() if t.datetime_start else now
+                if now - last > self._grace:
+                    stale.append(t._trial_id)
+            return stale
+
+        def get_heartbeat_interval(self) -> int | None:
+            return self._interval
+
+        def get_heartbeat_stale_trial_callback(self) -> Any:
+            return self._callback
+
+    return _HeartbeatJournalStorage
+
+
+def heartbeat_journal_storage(backend: Any, path: Path, heartbeat_s: int, grace_s: int,
+                            callback: Any) -> Any:
+    """A journal storage with a heartbeat (see ``_journal_storage_class``); optuna is imported
+    lazily, as everywhere in this module."""
+    return _journal_storage_class()(backend, path, heartbeat_s, grace_s, callback)

@@ -384,7 +384,7 @@ def cmd_sweep(args: argparse.Namespace, create: bool = True) -> int:
             except UserError as err:
                 raise UserError(f"{space.source}: {err}") from None
         name = args.study or space.name
-        study = sweep.open_sweep(store, name, space, args.trials or space.n_trials)
+        study = sweep.open_sweep(store, name, space, args.trials)
     else:
         name = args.study
         study, space = sweep.load_sweep(store, name)
@@ -404,14 +404,14 @@ def cmd_sweep(args: argparse.Namespace, create: bool = True) -> int:
     if not before.finished:
         mixed = space.fixed.get("mixed_precision", "no")
         bad = sweep.run_workers(study, name, url, plans, args.device, mixed, heartbeat,
-                                _artifacts(args), storage.trials_dir() / name / "logs",
+                                _artifacts(args), sweep.trials_root(study) / "logs",
                                 progress=not args.no_progress)
         code = 1 if bad else 0
     after = sweep.counts(study)
     sweep.save_boundary_plot(study)
     print(sweep.summary(study))
     print(f"\nstudy {name!r}: {after.complete} complete, {after.failed} failed of "
-          f"{after.target}; trial folders in {storage.trials_dir() / name}\n"
+          f"{after.target}; trial folders in {sweep.trials_root(study)}\n"
           f"plots: make plots STUDY={name}    dashboard: make dashboard")
     if after.done < after.target and not after.running:
         sweep.say(f"the study has {after.done} of {after.target} trials; rerun the same "

@@ -20,12 +20,12 @@ from all of train.jsonl (template, model and repeat dreams).
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from typing import Any
 
 from objectives.config import TrialConfig
 from objectives.errors import UserError
+from objectives.records import plain
 
 DEFAULT_K = "0,1,3,5,8,16"
 # Tokens per scoring batch: what a trial's scoring holds (16 sequences of 384); longer
@@ -91,10 +91,6 @@ def real_pool(behavior: Any, pool: str) -> tuple[list[dict[str, Any]], str]:
     return dreams.file_sources(behavior.train_rows(), behavior.dream_rows()), pool
 
 
-def _finite_or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None
-
-
 def trial_attrs(k: int, seed: int, base: list[float], tuned: list[float], demos: list[dict[str, Any]],
                 max_length: int, pool: str) -> dict[str, Any]:
     """One (k, seed) result as the data contract's user attributes."""
@@ -106,7 +102,7 @@ def trial_attrs(k: int, seed: int, base: list[float], tuned: list[float], demos:
         "dream_strategy": "none", "train_on": "icl", "real_pool": pool,
         "shift": sum(t - b for b, t in zip(base, tuned, strict=True)) / n,
         "adoption": sum(1 for m in tuned if m > 0) / n,
-        "flip_rate": _finite_or_none(sum(1 for i in below if tuned[i] > 0) / len(below))
+        "flip_rate": plain(sum(1 for i in below if tuned[i] > 0) / len(below))
         if below else None,
         "margin": sum(tuned) / n, "base_margin": sum(base) / n,
         "base_adoption": sum(1 for m in base if m > 0) / n,

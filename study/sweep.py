@@ -7,28 +7,37 @@ workers for a study that already exists, from any machine that reaches its stora
 
 Trial counting: the study is finished when ``complete + failed + running >= n_trials``, where
 a failed trial that was queued again (heartbeat gone stale, or interrupted) does not count:
-its retry does. So rerunning the same command never repeats a finished trial and ends with
-the right number of trials. A queued (WAITING) trial is promised work: the study is not
-finished while one is left, so a point's replicates (``seeds_per_point``) queued by a sweep
-that stopped are run by the next one, not dropped.
+its retry does. Two machines may queue the same failed trial at once; the retry with the
+lowest number is the one that runs, a later one is failed unrun with ``duplicate_of`` (see
+:func:`duplicate_retry`) and not counted. So rerunning the same command never repeats a
+finished trial and ends with the right number of trials. A queued (WAITING) trial is
+promised work: the study is not finished while one is left, so a point's replicates
+(``seeds_per_point``) queued by a sweep that stopped are run by the next one, not dropped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from objectives.errors import UserError
+from objectives.records import say
 
 POLL_S = 3.0
+STOP_GRACE_S = 60.0  # how long interrupted workers get to record their trials
+MAX_RESTARTS = 3  # a worker that dies is started again this many times
 # User attributes of every trial of a replicate group (seeds_per_point > 1): the group's first
 # trial number and this trial's seed.
 REPLICATE_ATTRS = ("replicate_of", "replicate_seed")
@@ -58,8 +67,8 @@ def counts(study: Any) -> Counts:
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
     by_state = {s: 0 for s in TrialState}
     for t in trials:
-        if t.state == TrialState.FAIL and t.number in retried:
-            continue
+        if t.state == TrialState.FAIL and (t.number in retried or "duplicate_of" in t.user_attrs):
+            continue  # counted through its retry, or a second retry that never ran
         by_state[t.state] += 1
     return Counts(target=int(study.user_attrs.get("n_trials", 0)),
                   complete=by_state[TrialState.COMPLETE], failed=by_state[TrialState.FAIL],
@@ -102,22 +111,30 @@ def load_sweep(storage: Any, study_name: str) -> tuple[Any, Any]:
     return study, space
 
 
-def open_sweep(storage: Any, study_name: str, space: Any, n_trials: int) -> Any:
+def open_sweep(storage: Any, study_name: str, space: Any, n_trials: int | None) -> Any:
     """Create the study, or resume it if its search space is the same one.
 
     ``n_trials`` counts trials, replicates included: a multiple of ``space.seeds_per_point``.
+    None (no ``--trials``) is the space's ``n_trials`` for a new study and, for a study that
+    exists, the target it has (a bare ``make sweep`` never lowers a target raised with
+    ``--trials``).
     """
     import optuna
 
     from study.provenance import provenance
 
     k = space.seeds_per_point
+    exists = study_name in optuna.study.get_all_study_names(storage)
+    if n_trials is None:
+        stored = (optuna.load_study(study_name=study_name, storage=storage).user_attrs
+                  .get("n_trials") if exists else None)
+        n_trials = int(stored) if stored else space.n_trials
     if n_trials % k:
         raise UserError(f"--trials {n_trials}: expected a multiple of seeds_per_point {k} "
                         f"({space.source}: every point runs {k} seeds), e.g. "
                         f"{n_trials // k * k or k} or {(n_trials // k + 1) * k}")
 
-    if study_name in optuna.study.get_all_study_names(storage):
+    if exists:
         study, stored = load_sweep(storage, study_name)
         if stored.fingerprint() != space.fingerprint():
             raise UserError(
@@ -128,6 +145,9 @@ def open_sweep(storage: Any, study_name: str, space: Any, n_trials: int) -> Any:
         study = optuna.create_study(study_name=study_name, storage=storage,
                                     directions=space.directions, sampler=space.make_sampler(),
                                     load_if_exists=True)
+        # Trial folders are keyed by this, not only the name: a second storage, or a study
+        # deleted and created again under the same name, never writes into its folders.
+        study.set_user_attr("study_uid", uuid.uuid4().hex[:8])
         study.set_user_attr("search_space", space.to_dict())
         study.set_user_attr("space_fingerprint", space.fingerprint())
         study.set_user_attr("objective", space.objective)
@@ -164,6 +184,36 @@ def save_boundary_plot(study: Any) -> None:
         save_plotly_graph_object(study, surface_figure(study), graph_object_id="boundary")
     except Exception as err:  # a plot must never stop a sweep
         say(f"the dashboard's boundary plot was not updated ({type(err).__name__}: {err})")
+
+
+def trials_root(study: Any) -> Path:
+    """The study's trial folders: ``storage/trials/<study>-<study_uid>/``.
+
+    A study created before ``study_uid`` existed keeps ``storage/trials/<study>/``; workers
+    never write into a folder that holds another trial's record either way.
+    """
+    import storage
+
+    uid = study.user_attrs.get("study_uid")
+    name = study.study_name
+    return storage.trials_dir() / (f"{name}-{uid}" if uid else name)
+
+
+def duplicate_retry(study: Any, trial: Any) -> int | None:
+    """The number of an earlier retry of the same failed trial, if ``trial`` is a second one.
+
+    Two ``shiftsweep sweep`` runs starting at once can both queue an interrupted trial again
+    (each reads the trials, then adds one). Both retries carry the same ``retry_history``;
+    the lowest-numbered is the one that runs. Trial numbers are handed out in order, so when a
+    later one is popped the earlier one exists.
+    """
+    history = trial.system_attrs.get("retry_history")
+    if not history:
+        return None
+    for other in study.get_trials(deepcopy=False):
+        if other.number < trial.number and other.system_attrs.get("retry_history") == history:
+            return other.number
+    return None
 
 
 def requeue_interrupted(study: Any) -> int:
@@ -257,31 +307,83 @@ def plan_workers(workers: int | None, gpus: str | None, gpus_per_trial: int,
     return [WorkerPlan(processes=processes, gpus=None) for _ in range(1 if workers is None else workers)]
 
 
-def launch_workers(study_name: str, storage_url: str, plans: list[WorkerPlan], device: str,
-                   mixed_precision: str, heartbeat_s: int, artifacts: Path, log_dir: Path
-                   ) -> list[tuple[subprocess.Popen, Path]]:
+def launch_worker(study_name: str, storage_url: str, plan: WorkerPlan, index: int, device: str,
+                  mixed_precision: str, heartbeat_s: int, artifacts: Path, log_dir: Path,
+                  n_workers: int) -> tuple[subprocess.Popen, Path]:
+    """Start worker ``index``: one ``accelerate launch`` in its own process group.
+
+    Its own group, so that the coordinator decides what a worker is sent: a Ctrl-C or a
+    scheduler's SIGTERM reaches the coordinator, which forwards SIGINT to every worker's group
+    (all ranks of a trial included) and waits for them to record their trials. A worker whose
+    coordinator is gone (SIGKILL) stops by itself as if interrupted
+    (``study.sweep_worker._watch_coordinator``).
+    """
     from study.launch import launch_command
 
     log_dir.mkdir(parents=True, exist_ok=True)
     cpus = os.cpu_count() or 1
-    procs = []
-    for k, plan in enumerate(plans):
-        args = ["--study", study_name, "--storage", storage_url, "--heartbeat", str(heartbeat_s),
-                "--artifacts", str(artifacts)]
-        dev = "cuda" if plan.gpus else device
-        cmd, env = launch_command("study.sweep_worker", args, processes=plan.processes,
-                                  device=dev, mixed_precision=mixed_precision)
-        if plan.gpus:
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(plan.gpus)
-        elif "OMP_NUM_THREADS" not in os.environ:  # share the cores among all workers
-            env["OMP_NUM_THREADS"] = str(max(1, cpus // (len(plans) * plan.processes)))
-        log_path = log_dir / f"worker-{k}-{time.strftime('%Y%m%d-%H%M%S')}.log"
-        log = open(log_path, "w")  # noqa: SIM115 - kept open for the process's lifetime
+    args = ["--study", study_name, "--storage", storage_url, "--heartbeat", str(heartbeat_s),
+            "--artifacts", str(artifacts), "--worker-index", str(index)]
+    dev = "cuda" if plan.gpus else device
+    cmd, env = launch_command("study.sweep_worker", args, processes=plan.processes,
+                              device=dev, mixed_precision=mixed_precision)
+    if plan.gpus:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(plan.gpus)
+    elif "OMP_NUM_THREADS" not in os.environ:  # share the cores among all workers
+        env["OMP_NUM_THREADS"] = str(max(1, cpus // (n_workers * plan.processes)))
+    env["SHIFTSWEEP_COORDINATOR_PID"] = str(os.getpid())  # workers stop when it is gone
+    log_path = log_dir / f"worker-{index}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    with open(log_path, "w") as log:  # the child keeps its own copy of the descriptor
         log.write(" ".join(cmd) + "\n")
         log.flush()
-        procs.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                       start_new_session=False), log_path))
-    return procs
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    return proc, log_path
+
+
+def _group_alive(proc: subprocess.Popen) -> bool:
+    """Whether any process of the worker's group (its ranks) is still running."""
+    if proc.poll() is None:
+        return True
+    try:
+        os.killpg(proc.pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def stop_workers(procs: list[subprocess.Popen], grace_s: float = STOP_GRACE_S) -> None:
+    """SIGINT to every worker's group, then SIGKILL to what is left after ``grace_s``.
+
+    An interrupted worker records its running trial as failed ("interrupted"), and the next
+    ``shiftsweep sweep`` queues it again.
+    """
+    for proc in procs:
+        if _group_alive(proc):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGINT)
+    deadline = time.time() + grace_s
+    while time.time() < deadline and any(_group_alive(p) for p in procs):
+        time.sleep(0.2)
+    for proc in procs:
+        if _group_alive(proc):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Any:
+    """Inside, SIGTERM (a scheduler ending the job) raises KeyboardInterrupt like Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _fmt_time(seconds: float) -> str:
@@ -294,10 +396,12 @@ def _fmt_time(seconds: float) -> str:
 class Progress:
     """Trials done, running and failed, elapsed time and ETA, from the storage."""
 
-    def __init__(self, study: Any, workers: int, out: Any = sys.stderr) -> None:
+    def __init__(self, study: Any, workers: int, out: Any = sys.stderr, show: bool = True
+                 ) -> None:
         self.study = study
         self.workers = workers
         self.out = out
+        self.show = show  # False (--no-progress): no lines, the dashboard's plot still updated
         self.started = time.time()
         self.seen: set[int] = {t.number for t in study.get_trials(deepcopy=False)
                                if t.state.is_finished()}
@@ -346,6 +450,8 @@ class Progress:
     def _print(self, text: str, force: bool = False) -> None:
         """Finished trials always get a line; the status line is redrawn (terminal) or printed
         when the counts change and at least once a minute (log file)."""
+        if not self.show:
+            return
         now = time.time()
         if self.tty:
             self.out.write("\r\033[K" + text + ("\n" if force else ""))
@@ -361,47 +467,62 @@ class Progress:
             self.last_line, self.last_print = key, now
 
     def close(self) -> None:
-        if self.tty and self.last_line:
+        if self.show and self.tty and self.last_line:
             self.out.write("\n")
             self.out.flush()
 
 
 def run_workers(study: Any, study_name: str, storage_url: str, plans: list[WorkerPlan],
                 device: str, mixed_precision: str, heartbeat_s: int, artifacts: Path,
-                log_dir: Path, progress: bool = True) -> int:
-    """Launch the workers and watch them; returns the number of workers that failed."""
-    procs = launch_workers(study_name, storage_url, plans, device, mixed_precision, heartbeat_s,
-                           artifacts, log_dir)
+                log_dir: Path, progress: bool = True, max_restarts: int = MAX_RESTARTS) -> int:
+    """Launch the workers and watch them; returns the number of workers that failed for good.
+
+    A worker that dies (killed, a crashed rank) while the study still needs trials is started
+    again, up to ``max_restarts`` times per worker; its trial is retried once its heartbeat is
+    stale. Ctrl-C or SIGTERM stops every worker (:func:`stop_workers`) and re-raises
+    KeyboardInterrupt. The dashboard's boundary plot is updated after every finished trial,
+    with or without progress lines.
+    """
+    def start(index: int) -> tuple[subprocess.Popen, Path]:
+        return launch_worker(study_name, storage_url, plans[index], index, device,
+                             mixed_precision, heartbeat_s, artifacts, log_dir, len(plans))
+
+    procs = [start(k) for k in range(len(plans))]
+    restarts = [0] * len(plans)
+    failed: set[int] = set()
     say(f"{len(procs)} worker(s) started; logs in {log_dir}")
-    watcher = Progress(study, len(procs))
+    watcher = Progress(study, len(procs), show=progress)
     try:
-        while any(p.poll() is None for p, _ in procs):
-            if progress:
+        with sigterm_as_interrupt():
+            while True:
                 watcher.poll()
-            time.sleep(POLL_S)
-    except KeyboardInterrupt:  # the workers got the same Ctrl-C: their trials are failed as
-        for p, _ in procs:     # "interrupted" and queued again by the next run
-            try:
-                p.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                p.kill()
+                for k, (proc, log_path) in enumerate(procs):
+                    if k in failed or proc.poll() is None or proc.returncode == 0:
+                        continue
+                    if restarts[k] < max_restarts and not sweep_finished(study):
+                        restarts[k] += 1
+                        say(f"worker {k} exited with code {proc.returncode} (its log: {log_path});"
+                            f" starting it again ({restarts[k]}/{max_restarts})")
+                        procs[k] = start(k)
+                    else:
+                        failed.add(k)
+                if all(p.poll() is not None for p, _ in procs):
+                    break
+                time.sleep(POLL_S)
+    except KeyboardInterrupt:
+        say("interrupted: stopping the workers (their running trials are queued again on the "
+            "next run)")
+        stop_workers([p for p, _ in procs])
         raise
     finally:
-        if progress:
-            watcher.poll()
+        watcher.poll()
         watcher.close()
-    bad = 0
-    for p, log_path in procs:
-        if p.returncode != 0:
-            bad += 1
-            tail = log_path.read_text(errors="replace").splitlines()[-12:]
-            say(f"a worker exited with code {p.returncode}; the end of {log_path}:")
-            print("\n".join(tail), file=sys.stderr)
-    return bad
-
-
-def say(message: str) -> None:
-    print(f"shiftsweep: {message}", file=sys.stderr, flush=True)
+    for k in sorted(failed):
+        proc, log_path = procs[k]
+        tail = log_path.read_text(errors="replace").splitlines()[-12:]
+        say(f"worker {k} exited with code {proc.returncode}; the end of {log_path}:")
+        print("\n".join(tail), file=sys.stderr)
+    return len(failed)
 
 
 def summary(study: Any, top: int = 5) -> str:

@@ -21,17 +21,22 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import socket
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from objectives.errors import UserError
 from objectives.measures import NAMES as MEASURE_NAMES
-from study.sweep import REPLICATE_ATTRS
+from objectives.ranks import broadcast
+from objectives.records import plain
+from study.sweep import REPLICATE_ATTRS, duplicate_retry
 from study.worker import run_job, say, start_session
 
 STOP = None  # what the main process broadcasts when the sweep is over
+COORDINATOR_ENV = "SHIFTSWEEP_COORDINATOR_PID"  # set by study.sweep.launch_worker
 
 # Measures and settings stored as user attributes of every trial (the dashboard shows them).
 # Every measure of the registry, and the settings that analysis groups trials by.
@@ -42,18 +47,6 @@ CONFIG_ATTRS = ("n_real", "dream_multiplier", "lr", "batch_size", "epochs", "see
 
 class TrialFailed(Exception):
     """A trial that ran and failed; its reason is recorded on the Optuna trial."""
-
-
-def _broadcast(session: Any, value: Any) -> Any:
-    if session.accelerator.num_processes == 1:
-        return value
-    from accelerate.utils import broadcast_object_list
-
-    return broadcast_object_list([value], from_process=0)[0]
-
-
-def _finite(value: Any) -> Any:
-    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def trial_config(trial: Any, study: Any, space: Any) -> Any:
@@ -100,7 +93,7 @@ def queue_replicates(study: Any, space: Any, group: int, params: dict[str, Any])
 
 
 def objective_factory(session: Any, study: Any, space: Any, trials_root: Path,
-                      artifact_store: Any, startup_s: float):
+                      artifact_store: Any, startup_s: float, worker_index: int = 0):
     """The Optuna objective: sample a point, run it on every process, record it."""
     import optuna
     from optuna.artifacts import upload_artifact
@@ -111,13 +104,25 @@ def objective_factory(session: Any, study: Any, space: Any, trials_root: Path,
         started = time.time()
         out = trials_root / f"trial-{trial.number:04d}"
         trial.set_user_attr("trial_dir", str(out))
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}/{worker_index}")
+        trial.set_user_attr("sampler_seed", space.sampler_seed(trial.number))
+        frozen = study._storage.get_trial(trial._trial_id)
+        earlier = duplicate_retry(study, frozen)
+        if earlier is not None:
+            trial.set_user_attr("duplicate_of", earlier)
+            reason = (f"a second retry of what trial {earlier} retries (queued twice by two "
+                      f"sweeps starting at once); not run")
+            trial.set_user_attr("fail_reason", reason)
+            raise TrialFailed(reason)
         try:
+            if out.exists() and any(out.iterdir()):
+                raise UserError(f"{out}: this trial folder already holds another trial's record; "
+                                f"nothing was written into it")
             config = trial_config(trial, study, space)
             for key in CONFIG_ATTRS:
                 trial.set_user_attr(key, getattr(config, key))
             job = {"config": config.to_dict(), "out": str(out)}
-            _broadcast(session, job)
+            broadcast(session.accelerator, job)
             record = run_job(session, job, trial.number, f"#{trial.number}",
                              startup_s if first[0] else 0.0)
             first[0] = False
@@ -127,11 +132,6 @@ def objective_factory(session: Any, study: Any, space: Any, trials_root: Path,
         except Exception as err:  # e.g. a bad fixed setting: the same on every rank
             trial.set_user_attr("fail_reason", str(err))
             raise TrialFailed(str(err)) from err
-        for name in ("result.json", "train_log.jsonl"):
-            path = out / name
-            if path.exists():
-                upload_artifact(artifact_store=artifact_store, file_path=str(path),
-                                study_or_trial=trial)
         timings = record.get("timings", {})
         trial.set_user_attr("train_s", round(timings.get("train_s", 0.0), 3))
         trial.set_user_attr("score_s", round(timings.get("score_s", 0.0), 3))
@@ -142,13 +142,13 @@ def objective_factory(session: Any, study: Any, space: Any, trials_root: Path,
             raise TrialFailed(record["error"])
         measures = record["measures"]
         for key in MEASURE_ATTRS:
-            trial.set_user_attr(key, _finite(measures.get(key)))
+            trial.set_user_attr(key, plain(measures.get(key)))
         # per-probe margins in the study's probe order: analysis needs only the storage
-        trial.set_user_attr("probe_margins", [_finite(p["margin"]) for p in record["probes"]])
+        trial.set_user_attr("probe_margins", [plain(p["margin"]) for p in record["probes"]])
         if "probe_ids" not in study.user_attrs:
             study.set_user_attr("probe_ids", [p["id"] for p in record["probes"]])
             study.set_user_attr("base_probe_margins",
-                                [_finite(p["base_margin"]) for p in record["probes"]])
+                                [plain(p["base_margin"]) for p in record["probes"]])
         values = [measures.get(name) for name in space.objective]
         undefined = [n for n, v in zip(space.objective, values, strict=True)
                      if v is None or not math.isfinite(v)]
@@ -160,17 +160,65 @@ def objective_factory(session: Any, study: Any, space: Any, trials_root: Path,
                       + (f" (it needs {needs})" if needs else ""))
             trial.set_user_attr("fail_reason", reason)
             raise TrialFailed(reason)
+        # The measures are stored: an artifact that cannot be uploaded (a full disk, a lost
+        # mount) is a warning on a complete trial, never a lost one.
+        for name in ("result.json", "train_log.jsonl"):
+            path = out / name
+            if not path.exists():
+                continue
+            try:
+                upload_artifact(artifact_store=artifact_store, file_path=str(path),
+                                study_or_trial=trial)
+            except Exception as err:
+                warning = (f"{name} was not uploaded to the artifact store "
+                           f"({type(err).__name__}: {err})")
+                trial.set_user_attr("artifact_warning", warning)
+                say(f"trial {trial.number}: {warning}")
         return values[0] if len(values) == 1 else values
 
     return objective
 
 
+def _stop_once(signum: int, frame: Any) -> None:
+    """The first SIGINT or SIGTERM interrupts the trial; later ones are ignored, so that the
+    trial's failure (``interrupted``) is recorded whole. The coordinator SIGKILLs a worker
+    that has not stopped after its grace period."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def _watch_coordinator(pid: int, period_s: float = 2.0) -> None:
+    """Stop this worker as if interrupted when the coordinator that started it is gone
+    (killed with SIGKILL, its terminal closed): its trial is queued again by the next run,
+    and no worker is left running that nobody watches."""
+    import _thread
+    import threading
+
+    def watch() -> None:
+        while True:
+            time.sleep(period_s)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                _thread.interrupt_main(signal.SIGINT)
+                return
+            except PermissionError:
+                pass
+
+    threading.Thread(target=watch, name="coordinator-watch", daemon=True).start()
+
+
 def run(study_name: str, storage_url: str, heartbeat_s: int, artifacts: Path,
-        trials_root: Path | None) -> int:
+        trials_root: Path | None, worker_index: int = 0) -> int:
+    signal.signal(signal.SIGINT, _stop_once)
+    signal.signal(signal.SIGTERM, _stop_once)  # a scheduler's stop: as Ctrl-C
+    if os.environ.get(COORDINATOR_ENV, "").isdigit():
+        _watch_coordinator(int(os.environ[COORDINATOR_ENV]))
     session, startup_s = start_session()
     main = session.accelerator.is_main_process
     if not main:  # follow the main process: one trial per message, until STOP
-        while (job := _broadcast(session, STOP)) is not STOP:
+        while (job := broadcast(session.accelerator, STOP)) is not STOP:
             run_job(session, job, -1, "")
         return 0
 
@@ -179,21 +227,29 @@ def run(study_name: str, storage_url: str, heartbeat_s: int, artifacts: Path,
 
     from storage import open_storage
     from study.sweep import load_sweep, sweep_finished
+    from study.sweep import trials_root as study_trials_root
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(storage_url, heartbeat_s=heartbeat_s)
     serialize_sqlite_pops(storage)
     study, space = load_sweep(storage, study_name)
-    root = trials_root or _default_trials_root(study_name)
+    root = trials_root or study_trials_root(study)
     artifacts.mkdir(parents=True, exist_ok=True)
     store = FileSystemArtifactStore(str(artifacts))
-    objective = objective_factory(session, study, space, root, store, startup_s)
+    objective = objective_factory(session, study, space, root, store, startup_s, worker_index)
+    interrupted = False
     try:
         if not sweep_finished(study):
             say(f"worker {socket.gethostname()}:{os.getpid()} joins study {study_name!r}")
             optimize(study, objective)
+    except KeyboardInterrupt:
+        interrupted = True  # the other ranks got the same signal: no STOP to wait for
+        say("interrupted: the running trial is recorded failed (interrupted) and queued again "
+            "by the next `shiftsweep sweep`")
+        return 130
     finally:
-        _broadcast(session, STOP)
+        if not interrupted:
+            broadcast(session.accelerator, STOP)
     return 0
 
 
@@ -234,12 +290,6 @@ def optimize(study: Any, objective: Any) -> None:
     study.optimize(objective, callbacks=[stop_when_done], catch=(Exception,), gc_after_trial=False)
 
 
-def _default_trials_root(study_name: str) -> Path:
-    import storage
-
-    return storage.trials_dir() / study_name
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m study.sweep_worker")
     parser.add_argument("--study", required=True)
@@ -247,8 +297,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heartbeat", type=int, default=10)
     parser.add_argument("--artifacts", type=Path, required=True)
     parser.add_argument("--trials-dir", type=Path, default=None)
+    parser.add_argument("--worker-index", type=int, default=0,
+                        help="this worker's slot in its coordinator (recorded on its trials)")
     args = parser.parse_args(argv)
-    return run(args.study, args.storage, args.heartbeat, args.artifacts, args.trials_dir)
+    return run(args.study, args.storage, args.heartbeat, args.artifacts, args.trials_dir,
+               args.worker_index)
 
 
 if __name__ == "__main__":

@@ -17,12 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 import time
 import traceback
 from pathlib import Path
 from typing import Any
+
+from objectives import records
+from objectives.records import write_json
 
 PROCESS_STARTED = time.time()
 
@@ -37,26 +39,8 @@ def _process_start() -> float:
         return PROCESS_STARTED
 
 
-def _plain(value: Any) -> Any:
-    """JSON without NaN (flip_rate is undefined when no probe starts at margin <= 0): null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
-def write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_plain(data), indent=2, default=str, allow_nan=False) + "\n")
-    tmp.replace(path)
-
-
 def say(message: str) -> None:
-    print(f"[shiftsweep] {message}", file=sys.stderr, flush=True)
+    records.say(message, worker=True)
 
 
 def start_session() -> tuple[Any, float]:
@@ -78,13 +62,16 @@ def run_job(session: Any, job: dict[str, Any], index: int, label: str, startup_s
 
     Returns the record (``status`` "complete" with measures, or "failed" with ``error``).
     """
-    from objectives import TrialConfig, UserError
+    from objectives import TrialConfig
+    from objectives.ranks import RankFailed, describe, finish
     from study.provenance import provenance
 
     main = session.accelerator.is_main_process
     out = Path(job["out"])
     started = time.time()
     record: dict[str, Any] = {"config": job["config"]}
+    error: BaseException | None = None
+    ended = False  # met a failed process's final exchange already (objectives.ranks)
     try:
         config = TrialConfig.from_dict(job["config"])
         record["config"] = config.to_dict()
@@ -95,13 +82,18 @@ def run_job(session: Any, job: dict[str, Any], index: int, label: str, startup_s
                 f"batch_size={config.batch_size} seed={config.seed} "
                 f"({config.steps} steps) -> {out}")
         result = session.run(config)
-        record.update(status="complete", **result)
     except Exception as err:  # a failed trial is recorded with its reason, never scored
-        reason = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
-        record.update(status="failed", error=reason)
+        error, ended = err, isinstance(err, RankFailed) and err.ended
         if main:
             (out / "error.log").parent.mkdir(parents=True, exist_ok=True)
             (out / "error.log").write_text(traceback.format_exc())
+    # Every process agrees on the outcome before any goes on to the next trial.
+    reason = describe(error) if ended else finish(session.accelerator, error)
+    if reason is None:
+        record.update(status="complete", **result)
+    else:
+        record.update(status="failed", error=reason)
+        if main:
             say(f"trial {label} failed: {reason}")
         _release_memory()  # after an out-of-memory trial, the next one starts from a clean pool
     record["seed"] = record["config"].get("seed") if isinstance(record["config"], dict) else None

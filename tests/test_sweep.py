@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -41,6 +41,16 @@ def smoke_space(tmp_path: Path, name: str = "smoke", **fixed) -> Path:
 def trials_of(name: str, url: str | None = None) -> list[optuna.trial.FrozenTrial]:
     study = optuna.load_study(study_name=name, storage=storage.open_storage(url))
     return study.get_trials()
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL a process and every process below it (workers run in their own groups)."""
+    import psutil
+
+    root = psutil.Process(proc.pid)
+    for p in [*root.children(recursive=True), root]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
 
 
 def _complete(trials):
@@ -178,7 +188,7 @@ def test_killed_worker_trial_is_retried_and_finished_trials_kept(tmp_path):
         if _complete(trials) and running:
             victim = running[0]
     assert victim is not None, "no trial was running after the first completed"
-    os.killpg(proc.pid, signal.SIGKILL)  # the coordinator, the launcher and the worker
+    kill_tree(proc)  # the coordinator, the launcher and the worker, at once
     proc.wait()
     before = trials_of("slow-smoke", url)
     finished = {t.number: t.datetime_complete for t in _complete(before)}

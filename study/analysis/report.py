@@ -41,6 +41,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from objectives.errors import UserError
+from objectives.records import plain, write_json
 from study.analysis import artifact, fits
 from study.analysis.data import StudyData, Trial, load_study_data
 
@@ -57,21 +58,15 @@ class Analysis:
 
 
 def _plain(value: Any) -> Any:
-    """JSON-ready: numpy to Python, NaN/inf to None, Fit objects to dicts, samples dropped."""
+    """JSON-ready (:func:`objectives.records.plain`), with Fit objects as dicts and bootstrap
+    samples dropped."""
     if isinstance(value, fits.Fit):
         return _plain(value.as_dict())
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items() if k != "samples"}
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _plain(value.tolist())
-    if isinstance(value, np.integer | np.bool_):
-        return value.item()
-    if isinstance(value, float | np.floating):
-        value = float(value)
-        return value if math.isfinite(value) else None
-    return value
+    return plain(value)
 
 
 def _progress(label: str) -> Callable[[int, int], None]:
@@ -578,7 +573,7 @@ def _write_report(analysis: Analysis, out_dir: Path, static: bool) -> list[Path]
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     summary_path = out_dir / "summary.json"
-    summary_path.write_text(json.dumps(analysis.summary, indent=2, allow_nan=False) + "\n")
+    write_json(summary_path, analysis.summary)
     written.append(summary_path)
     blocks, first = [], True
     for fig in analysis.figures.values():
