@@ -34,7 +34,7 @@ from typing import Any
 import datasets
 import yaml
 
-from objectives.errors import UserError
+from objectives.errors import UserError, read_text
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "behaviors"
 FILES = ("behavior.yaml", "train.jsonl", "probes.jsonl", "control.jsonl")
@@ -146,9 +146,9 @@ def load_behavior(spec: str) -> Behavior:
 
 def _load_yaml(path: Path) -> dict[str, Any]:
     try:
-        meta = yaml.safe_load(path.read_text(encoding="utf-8"))
+        meta = yaml.safe_load(read_text(path))
     except yaml.YAMLError as err:
-        raise UserError(f"{path}: not valid YAML ({err})") from None
+        raise UserError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
     if not isinstance(meta, dict):
         raise UserError(f"{path}: expected a mapping with keys name, description, chosen, "
                         f"rejected")
@@ -183,18 +183,19 @@ def _load_yaml(path: Path) -> dict[str, Any]:
 
 def _read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
     rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise UserError(f"{path}:{number}: not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{path}:{number}: expected a JSON object, got "
-                                f"{type(row).__name__}")
-            rows.append((number, row))
+    # "\n" only: str.splitlines would also cut at U+2028, which JSON allows inside a string
+    for number, line in enumerate(read_text(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path}:{number}: not valid JSON ({err.msg}); expected one JSON "
+                            f"object per line") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}:{number}: expected a JSON object, got "
+                            f"{type(row).__name__}")
+        rows.append((number, row))
     if not rows:
         raise UserError(f"{path}: empty file (expected at least one JSON row)")
     return rows

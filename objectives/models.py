@@ -156,10 +156,29 @@ def resolve_model(spec: str) -> str:
         return str(tiny_model_folder())
     path = Path(spec).expanduser()
     if path.exists():
+        if not path.is_dir():
+            raise UserError(f"--model {spec!r}: is a file; expected a transformers model folder")
         if not (path / "config.json").exists():
             raise UserError(f"--model {spec!r}: folder has no config.json (expected a "
                             f"transformers model folder)")
+        if not any(path.glob("*.safetensors")):
+            raise UserError(f"--model {spec!r}: folder has no weights (expected "
+                            f"model.safetensors or *.safetensors shards; pickled .bin weights "
+                            f"are not loaded)")
         return str(path.resolve())
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:  # a path, not an org/name id
+        raise UserError(f"--model {spec!r}: no such folder (expected 'default', "
+                        f"'{TINY_MODEL}', a transformers model folder or a hub id)")
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(spec, "config.json")
+    except ValueError:  # HFValidationError: not of the form org/name
+        cached = None
+    if not isinstance(cached, str):
+        raise UserError(f"--model {spec!r}: no such folder, and no hub model of that id in the "
+                        f"local Hugging Face cache (nothing is downloaded at run time; expected "
+                        f"'default', '{TINY_MODEL}', a model folder or a cached hub id)")
     return spec
 
 
@@ -171,7 +190,9 @@ def load_model(spec: str, dtype: torch.dtype = torch.float32) -> tuple[Any, Any,
     offline = {"local_files_only": True}
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, **offline)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **offline)
+        # safetensors only: a pickled .bin checkpoint could run code when it is loaded
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, use_safetensors=True,
+                                                     **offline)
     except OSError as err:
         raise UserError(f"--model {spec!r}: cannot load it offline ({err}). Give a local "
                         f"transformers folder or a hub id already in the local cache.") from None

@@ -40,7 +40,7 @@ import optuna
 import yaml
 
 from objectives.config import TrialConfig
-from objectives.errors import UserError
+from objectives.errors import UserError, read_text
 from objectives.measures import OBJECTIVES  # measures a study may optimize, with their direction
 
 HERE = Path(__file__).resolve().parent
@@ -393,7 +393,7 @@ def load_space(spec: str | Path) -> SearchSpace:
     """Load and validate a search-space file; any problem is one UserError naming the key."""
     path = space_path(spec)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(read_text(path))
     except yaml.YAMLError as err:
         raise UserError(f"{path}: not valid YAML ({err})".replace("\n", " ")) from None
     if not isinstance(data, dict):
@@ -441,8 +441,9 @@ def _parse(data: dict[str, Any], name: str, source: str) -> SearchSpace:
         number = int if kind == "int" else (int, float)
         for bound in ("low", "high"):
             value = spec.get(bound)
-            if isinstance(value, bool) or not isinstance(value, number):
-                fail(f"{key}.{bound}", f"{'an integer' if kind == 'int' else 'a number'}", value)
+            if isinstance(value, bool) or not isinstance(value, number) or not math.isfinite(value):
+                fail(f"{key}.{bound}", f"{'an integer' if kind == 'int' else 'a finite number'}",
+                     value)
         low, high = spec["low"], spec["high"]
         if low > high:
             fail(f"{key}.low", f"low <= high ({high})", low)
@@ -453,8 +454,9 @@ def _parse(data: dict[str, Any], name: str, source: str) -> SearchSpace:
             fail(f"{key}.low", "a value > 0 for a log dimension", low)
         step = spec.get("step")
         if step is not None:
-            if isinstance(step, bool) or not isinstance(step, number) or step <= 0:
-                fail(f"{key}.step", "a number > 0", step)
+            if (isinstance(step, bool) or not isinstance(step, number) or not math.isfinite(step)
+                    or step <= 0):
+                fail(f"{key}.step", "a finite number > 0", step)
             if log:
                 fail(f"{key}.step", "no step on a log dimension (Optuna allows one or the other)")
         if kind == "int" and hints[dname] is not int:
@@ -513,8 +515,9 @@ def _parse(data: dict[str, Any], name: str, source: str) -> SearchSpace:
              data.get("objective"))
 
     level = data.get("boundary_level")
-    if level is not None and (isinstance(level, bool) or not isinstance(level, int | float)):
-        fail("boundary_level", "a number or null", level)
+    if level is not None and (isinstance(level, bool) or not isinstance(level, int | float)
+                              or not math.isfinite(level)):
+        fail("boundary_level", "a finite number or null", level)
 
     description = data.get("description", "")
     if not isinstance(description, str):
@@ -524,7 +527,12 @@ def _parse(data: dict[str, Any], name: str, source: str) -> SearchSpace:
                         sampler=sampler, n_trials=n_trials, objective=list(objective),
                         boundary_level=None if level is None else float(level),
                         description=description.strip(), seeds_per_point=seeds)
-    space.corners()  # the fixed settings and both corners must make valid trial configs
+    try:  # the fixed settings and both corners must make valid trial configs
+        space.corners()
+    except UserError as err:  # a range check names only the setting: say where it came from
+        message = str(err)
+        raise UserError(message if message.startswith(source) else f"{source}: {message}") \
+            from None
     return space
 
 

@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,15 @@ from objectives.measures import MEASURES
 TIMINGS = ["startup_s", "model_load_s", "data_s", "base_score_s", "train_s", "score_s"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's error form: one line, no usage block (``--help`` has it)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="shiftsweep", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="shiftsweep", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     trial = sub.add_parser("trial", help="run one fine-tune and print its behavioral shift")
@@ -135,7 +143,9 @@ def _parser() -> argparse.ArgumentParser:
 
     dash = sub.add_parser("dashboard", help="start optuna-dashboard on a storage")
     storage_flags(dash)
-    dash.add_argument("--host", default="127.0.0.1")
+    dash.add_argument("--host", default="127.0.0.1",
+                      help="address to listen on (default 127.0.0.1: this machine only; "
+                           "anything else is reachable from other machines and warns)")
     dash.add_argument("--port", type=int, default=8080)
 
     behavior = sub.add_parser("behavior", help="validate a behavior folder and describe it")
@@ -173,7 +183,15 @@ def _config(args: argparse.Namespace, seed: int) -> TrialConfig:
         if key in data:
             raise UserError(f"--set {key}: use the flag --{key.replace('_', '-')} instead")
         data[key] = yaml.safe_load(raw)
-    return TrialConfig.from_dict(data, source="flags")
+    flags = set(data) - {item.partition("=")[0].strip().replace("-", "_") for item in args.set}
+    try:
+        return TrialConfig.from_dict(data, source="flags")
+    except UserError as err:  # a range check names the setting: say which flag set it
+        key, sep, rest = str(err).partition(": ")
+        if sep and key in data:
+            flag = f"--{key.replace('_', '-')}" if key in flags else f"--set {key}"
+            raise UserError(f"{flag}: {rest}") from None
+        raise
 
 
 def _check_inputs(config: TrialConfig) -> None:
@@ -242,7 +260,6 @@ def cmd_trial(args: argparse.Namespace) -> int:
     if args.processes < 1:
         raise UserError(f"--processes {args.processes}: expected an integer >= 1")
     configs = [_config(args, seed) for seed in args.seed]
-    _check_inputs(configs[0])
     first = configs[0]
     name = (f"{time.strftime('%Y%m%d-%H%M%S')}-n{first.n_real}-m{first.dream_multiplier}"
             f"-lr{first.lr:g}-bs{first.batch_size}")
@@ -250,10 +267,12 @@ def cmd_trial(args: argparse.Namespace) -> int:
     if len(set(args.seed)) != len(args.seed):
         raise UserError(f"--seed {' '.join(map(str, args.seed))}: each seed may appear once")
     outs = [run_dir] if len(configs) == 1 else [run_dir / f"seed-{c.seed}" for c in configs]
+    output_folder(run_dir, "--out", create=False)
     for out in outs:  # never overwrite a recorded trial
-        if (out / "result.json").exists() or (out / "config.json").exists():
+        if out.is_file() or (out / "result.json").exists() or (out / "config.json").exists():
             raise UserError(f"--out {run_dir}: already holds a trial ({out}); choose a new folder")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    _check_inputs(first)
+    output_folder(run_dir, "--out")
     jobs = [{"config": c.to_dict(), "out": str(o)} for c, o in zip(configs, outs, strict=True)]
     jobs_file = run_dir / "jobs.json"
     jobs_file.write_text(json.dumps(jobs, indent=2))
@@ -293,6 +312,22 @@ def cmd_trial(args: argparse.Namespace) -> int:
         reason = r.get("error") if r else "no result recorded (see launch.log)"
         print(f"shiftsweep: a trial failed: {reason}", file=sys.stderr)
     return 1 if failed or code else 0
+
+
+def output_folder(path: Path, flag: str, create: bool = True) -> Path:
+    """Create the folder ``flag`` names (or use it as it is); a file there, or a folder that
+    cannot be made, is one clear error. ``create=False`` only checks, before slower checks."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path}: is a file; expected a folder (a new one, or an "
+                        f"existing folder)")
+    if not create:
+        return path
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{flag} {path}: cannot create the folder ({err.strerror or err}); "
+                        f"expected a writable folder") from None
+    return path
 
 
 def format_results(results: list[dict[str, Any] | None], wall_s: float | None = None) -> str:
@@ -371,12 +406,12 @@ def cmd_sweep(args: argparse.Namespace, create: bool = True) -> int:
     if not plans and not create:
         raise UserError("--workers 0: a worker command needs at least one worker")
     heartbeat = _heartbeat(args)
+    if create and args.trials is not None and args.trials < 1:
+        raise UserError(f"--trials {args.trials}: expected an integer >= 1")
     url = storage.normalize_url(args.storage)
     store = storage.open_storage(url, heartbeat_s=heartbeat)
     if create:
         space = load_space(args.space or DEFAULT_SPACE)
-        if args.trials is not None and args.trials < 1:
-            raise UserError(f"--trials {args.trials}: expected an integer >= 1")
         for config in _space_checks(space):
             try:
                 _check_inputs(config)
@@ -425,9 +460,13 @@ def cmd_plots(args: argparse.Namespace) -> int:
     from study.plots import export_plots
     from study.sweep import load_sweep
 
+    if args.level is not None and not math.isfinite(args.level):
+        raise UserError(f"--level {args.level}: expected a finite number")
     name = args.study or "listening-cpu"
-    study, _ = load_sweep(storage.open_storage(args.storage), name)
     out = (args.out or Path("exports") / name).resolve()
+    output_folder(out, "--out", create=False)
+    study, _ = load_sweep(storage.open_storage(args.storage), name)
+    output_folder(out, "--out")
     report = export_plots(study, out, level=args.level, static=not args.no_static)
     for path in report.files:
         print(path)
@@ -481,6 +520,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     url = storage.normalize_url(args.storage)
     storage.open_storage(url)  # a clear error now rather than inside the dashboard
     cmd = dashboard_command(url, args.host, args.port, _artifacts(args))
+    if warning := exposure_warning(args.host, args.port):
+        print(f"shiftsweep: warning: {warning}", file=sys.stderr)
     print(f"shiftsweep: optuna-dashboard on http://{args.host}:{args.port} "
           f"(storage {storage.redact(url)})", file=sys.stderr)
     sys.stderr.flush()
@@ -488,6 +529,28 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     # reaches the server itself instead of leaving it running as an orphan.
     os.execv(cmd[0], cmd)
     return 0  # not reached
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is this machine only (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to a public address
+        return False
+
+
+def exposure_warning(host: str, port: int) -> str | None:
+    """One line when the dashboard would be reachable from other machines (it has no login)."""
+    if is_loopback(host):
+        return None
+    return (f"the dashboard listens on {host}:{port}, not on loopback: anyone who reaches this "
+            f"machine there can read and edit every study (it has no login); the default "
+            f"--host 127.0.0.1 with an SSH tunnel (ssh -L {port}:127.0.0.1:{port} HOST) keeps "
+            f"it private")
 
 
 def cmd_icl(args: argparse.Namespace) -> int:

@@ -47,12 +47,14 @@ def git_state(repo: Path = REPO) -> dict[str, Any]:
 
 
 def provenance(extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    from storage import redact
+
     record: dict[str, Any] = {
         "versions": package_versions(),
         "git": git_state(),
         "host": socket.gethostname(),
         "platform": platform.platform(),
-        "argv": sys.argv,
+        "argv": [redact(arg) for arg in sys.argv],  # a --storage URL may hold a password
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     try:

@@ -41,6 +41,9 @@ MAX_RESTARTS = 3  # a worker that dies is started again this many times
 # User attributes of every trial of a replicate group (seeds_per_point > 1): the group's first
 # trial number and this trial's seed.
 REPLICATE_ATTRS = ("replicate_of", "replicate_seed")
+# How the sweep hands its storage URL to its workers (it may hold a password): by
+# environment, never on a command line (visible in `ps`) or in a log.
+STORAGE_ENV = "SHIFTSWEEP_STORAGE_URL"
 
 
 @dataclass
@@ -318,15 +321,19 @@ def launch_worker(study_name: str, storage_url: str, plan: WorkerPlan, index: in
     coordinator is gone (SIGKILL) stops by itself as if interrupted
     (``study.sweep_worker._watch_coordinator``).
     """
+    from storage import redact
     from study.launch import launch_command
 
     log_dir.mkdir(parents=True, exist_ok=True)
     cpus = os.cpu_count() or 1
-    args = ["--study", study_name, "--storage", storage_url, "--heartbeat", str(heartbeat_s),
+    # The URL (it may hold a password) goes by environment, not on the command line that
+    # `ps` shows and the log records.
+    args = ["--study", study_name, "--heartbeat", str(heartbeat_s),
             "--artifacts", str(artifacts), "--worker-index", str(index)]
     dev = "cuda" if plan.gpus else device
     cmd, env = launch_command("study.sweep_worker", args, processes=plan.processes,
                               device=dev, mixed_precision=mixed_precision)
+    env[STORAGE_ENV] = storage_url
     if plan.gpus:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(plan.gpus)
     elif "OMP_NUM_THREADS" not in os.environ:  # share the cores among all workers
@@ -334,7 +341,7 @@ def launch_worker(study_name: str, storage_url: str, plan: WorkerPlan, index: in
     env["SHIFTSWEEP_COORDINATOR_PID"] = str(os.getpid())  # workers stop when it is gone
     log_path = log_dir / f"worker-{index}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     with open(log_path, "w") as log:  # the child keeps its own copy of the descriptor
-        log.write(" ".join(cmd) + "\n")
+        log.write(f"{STORAGE_ENV}={redact(storage_url)} " + " ".join(cmd) + "\n")
         log.flush()
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
@@ -513,6 +520,9 @@ def run_workers(study: Any, study_name: str, storage_url: str, plans: list[Worke
         say("interrupted: stopping the workers (their running trials are queued again on the "
             "next run)")
         stop_workers([p for p, _ in procs])
+        requeued = requeue_interrupted(study)  # so the study's counts are right at once
+        if requeued:
+            say(f"{requeued} interrupted trial(s) queued again; rerun the same command to go on")
         raise
     finally:
         watcher.poll()

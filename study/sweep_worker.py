@@ -32,7 +32,7 @@ from objectives.errors import UserError
 from objectives.measures import NAMES as MEASURE_NAMES
 from objectives.ranks import broadcast
 from objectives.records import plain
-from study.sweep import REPLICATE_ATTRS, duplicate_retry
+from study.sweep import REPLICATE_ATTRS, STORAGE_ENV, duplicate_retry
 from study.worker import run_job, say, start_session
 
 STOP = None  # what the main process broadcasts when the sweep is over
@@ -293,14 +293,17 @@ def optimize(study: Any, objective: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m study.sweep_worker")
     parser.add_argument("--study", required=True)
-    parser.add_argument("--storage", required=True)
+    parser.add_argument("--storage", default=None, help=f"default: ${STORAGE_ENV}")
     parser.add_argument("--heartbeat", type=int, default=10)
     parser.add_argument("--artifacts", type=Path, required=True)
     parser.add_argument("--trials-dir", type=Path, default=None)
     parser.add_argument("--worker-index", type=int, default=0,
                         help="this worker's slot in its coordinator (recorded on its trials)")
     args = parser.parse_args(argv)
-    return run(args.study, args.storage, args.heartbeat, args.artifacts, args.trials_dir,
+    url = args.storage or os.environ.get(STORAGE_ENV)
+    if not url:
+        parser.error(f"--storage: expected a storage URL (or ${STORAGE_ENV})")
+    return run(args.study, url, args.heartbeat, args.artifacts, args.trials_dir,
                args.worker_index)
 
 

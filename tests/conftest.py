@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -138,3 +139,45 @@ def postgres_server():
 def postgres_url(postgres_server) -> str:
     """The URL of the session's PostgreSQL server."""
     return postgres_server.url
+
+
+PASSWORD_ROLE = "shiftsweep_pw"
+
+
+@pytest.fixture(scope="session")
+def postgres_password_url(postgres_url):
+    """The session's server, with a role and database that need a password (scram-sha-256).
+
+    The server trusts everyone else; a rule for this role goes first in its pg_hba.conf
+    (read and written here: the data folder is this session's), then the server reloads.
+    """
+    import secrets
+
+    import psycopg
+
+    password = f"pw-{secrets.token_hex(8)}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {PASSWORD_ROLE} LOGIN PASSWORD '{password}'")
+        conn.execute(f"CREATE DATABASE {PASSWORD_ROLE} OWNER {PASSWORD_ROLE}")
+        hba = Path(conn.execute("SHOW hba_file").fetchone()[0])
+        rules = hba.read_text()
+        hba.write_text(f"host all {PASSWORD_ROLE} 127.0.0.1/32 scram-sha-256\n{rules}")
+        conn.execute("SELECT pg_reload_conf()")
+    host = postgres_url.rsplit("@", 1)[1].rsplit("/", 1)[0]
+    return f"postgresql://{PASSWORD_ROLE}:{password}@{host}/{PASSWORD_ROLE}"
+
+
+@pytest.fixture(autouse=True)
+def stop_what_the_test_started():
+    """Every process a test started (a CLI, a coordinator's workers, a dashboard) is stopped
+    when it ends, passed or failed: none is left running after the suite."""
+    import psutil
+
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    yield
+    left = [p for p in me.children(recursive=True) if p.pid not in before]
+    for p in left:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(left, timeout=10)

@@ -90,7 +90,7 @@ def test_a_failing_trial_is_recorded_and_the_worker_goes_on(tiny_behavior, tiny_
 
 
 @pytest.mark.parametrize(("args", "needle"), [
-    (["trial", "--n-real", "0"], "n_real: expected an integer >= 1"),
+    (["trial", "--n-real", "0"], "--n-real: expected an integer >= 1"),
     (["trial", "--n-real", "500"], "--n-real 500"),
     (["trial", "--behavior", "/no/such/folder"], "--behavior '/no/such/folder': not a built-in"),
     (["trial", "--set", "lora_rank=4"], "unknown setting 'lora_rank'"),

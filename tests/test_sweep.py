@@ -187,6 +187,8 @@ def test_killed_worker_trial_is_retried_and_finished_trials_kept(tmp_path):
         running = [t for t in trials if t.state == TrialState.RUNNING]
         if _complete(trials) and running:
             victim = running[0]
+    if victim is None:
+        kill_tree(proc)
     assert victim is not None, "no trial was running after the first completed"
     kill_tree(proc)  # the coordinator, the launcher and the worker, at once
     proc.wait()
