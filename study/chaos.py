@@ -42,7 +42,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 HEARTBEAT_S = 2  # stale after 3 missed beats: a killed trial is found within ~6 s
-STOP_WITHIN_S = 10.0  # "stops within a few seconds" after Ctrl-C or SIGTERM
+STOP_WITHIN_S = 15.0  # "stops within a few seconds" after Ctrl-C or SIGTERM, on loaded cores
 
 
 class Skip(Exception):
