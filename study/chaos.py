@@ -357,7 +357,7 @@ def fmt_states(trials: list[Any]) -> str:
 
 
 def wait_mid_trial(sb: Sandbox, proc: Proc, url: str, study: str, timeout: float = 300,
-                   min_running_s: float = 1.0, after_complete: int = 1) -> int:
+                   min_running_s: float = 0.5, after_complete: int = 1) -> int:
     """Wait until ``after_complete`` trials are COMPLETE and another is training.
 
     Training: the worker's log says it began the trial's optimizer steps ("training on ...")

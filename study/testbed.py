@@ -76,19 +76,18 @@ def tiny_space(path: Path, n_trials: int, dimensions: dict[str, Any] | None = No
                **fixed: Any) -> Path:
     """A search space on the built-in 2-layer random model (``model: tiny-random``).
 
-    Narrow dimensions (n_real 4-8, m 1-2, batch 2) so every trial takes about as long: a
-    fault aimed at the middle of a trial lands there. ``fixed`` overrides the settings.
+    Narrow dimensions (n_real 4-6, m 2, batch 2: 16-24 steps) so every trial takes about as
+    long: a fault aimed at the middle of a trial lands there. ``fixed`` overrides the settings.
     """
     fixed = {"behavior": "listening", "model": "tiny-random", "dream_strategy": "template",
-             "batch_size": 2, "epochs": 3, "seed": 0, "finetune": "lora", "n_probes": 8,
-             "n_contrast": 4, "n_control": 4, "n_train_scored": 4, **fixed}
+             "dream_multiplier": 2, "batch_size": 2, "epochs": 4, "seed": 0, "finetune": "lora",
+             "n_probes": 8, "n_contrast": 4, "n_control": 4, "n_train_scored": 4, **fixed}
     for name in dimensions or ():  # a dimension is not also a fixed setting
         fixed.pop(name, None)
     data = {
         "description": f"{path.stem}: a tiny random model under fault injection (numbers mean nothing)",
         "dimensions": dimensions or {
-            "n_real": {"type": "int", "low": 4, "high": 8},
-            "dream_multiplier": {"type": "int", "low": 1, "high": 2},
+            "n_real": {"type": "int", "low": 4, "high": 6},
             "lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True},
         },
         "fixed": fixed,
