@@ -40,7 +40,8 @@ opt = $(if $(2),$(1) $(2))
 WORKER_FLAGS = $(call opt,--workers,$(WORKERS)) $(call opt,--gpus,$(GPUS)) \
 	$(if $(GPUS),--gpus-per-trial $(GPUS_PER_TRIAL)) $(call opt,--storage,$(STORAGE))
 
-.PHONY: install system-deps test test-fast lint sweep worker plots dashboard bench bench-boundary trial \
+.PHONY: install system-deps test test-fast lint sweep worker plots dashboard bench bench-boundary \
+	chaos trial \
 	behavior icl report clean
 install: $(VENV)/.installed system-deps
 
@@ -108,6 +109,13 @@ bench: install
 BENCH_ARGS ?=
 bench-boundary: install
 	$(BIN)/python -m study.bench_boundary $(BENCH_ARGS)
+
+# Each fault (a killed worker or rank, a database restart, a diverging or out-of-memory trial,
+# a full disk, Ctrl-C, SIGTERM) against a real sweep on the tiny model; fails if a trial is
+# lost or run twice. make chaos [ONLY="sigint sigterm"]
+ONLY ?=
+chaos: install
+	$(BIN)/python -m study.chaos $(call opt,--only,$(ONLY))
 
 trial: install
 	$(BIN)/shiftsweep trial --n-real $(N_REAL) --dream-multiplier $(M) --lr $(LR) \

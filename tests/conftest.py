@@ -114,58 +114,31 @@ def private_storage(tmp_path, monkeypatch, request):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
 
 
-def _postgres_bin() -> Path | None:
-    import shutil
-
-    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))  # Debian's server
-    if versions:
-        return versions[-1].parent
-    found = shutil.which("pg_ctl")
-    return Path(found).parent if found else None
-
-
 @pytest.fixture(scope="session")
-def postgres_url(tmp_path_factory):
-    """A real PostgreSQL server on a free local port, for this test session.
+def postgres_server():
+    """A real PostgreSQL server on a free local port (``study.testbed.PostgresServer``).
 
     Skips where PostgreSQL is not installed, unless SHIFTSWEEP_REQUIRE_POSTGRES=1 (CI).
     """
     import os
-    import shutil
-    import subprocess
 
-    from study.launch import free_port
+    from study.testbed import PostgresServer, postgres_bin
 
-    bin_dir = _postgres_bin()
-    if bin_dir is None:
+    if postgres_bin() is None:
         if os.environ.get("SHIFTSWEEP_REQUIRE_POSTGRES") == "1":
             pytest.fail("PostgreSQL is not installed (apt-get install postgresql)")
         pytest.skip("PostgreSQL server not installed (CI installs it: apt-get install postgresql)")
-    import tempfile
-
-    # Not under pytest's tmp root: that is private to this user, and as root the server runs
-    # as the package's postgres user (initdb refuses root).
-    root = Path(tempfile.mkdtemp(prefix="shiftsweep-pg-"))
-    data = root / "data"
-    data.mkdir()
-    run_as: list[str] = []
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres")
-        shutil.chown(data, "postgres")
-        run_as = ["runuser", "-u", "postgres", "--"]
-    port = free_port()
-    for cmd in ([str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
-                [str(bin_dir / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "server.log"),
-                 "-o", f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start"]):
-        done = subprocess.run([*run_as, *cmd], capture_output=True, text=True)
-        assert done.returncode == 0, f"{cmd[0]} failed: {done.stdout[-1000:]} {done.stderr[-1000:]}"
-    url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    server = PostgresServer()
     try:
-        yield url
+        yield server.start()
     finally:
-        subprocess.run([*run_as, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
-                       capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server) -> str:
+    """The URL of the session's PostgreSQL server."""
+    return postgres_server.url
 
 
 PASSWORD_ROLE = "shiftsweep_pw"
