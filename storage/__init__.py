@@ -104,9 +104,9 @@ def open_storage(url: str | None = None, heartbeat_s: int = HEARTBEAT_S) -> Any:
 
         path = Path(url.removeprefix("journal:"))
         path.parent.mkdir(parents=True, exist_ok=True)
-        return heartbeat_journal_storage(JournalFileBackend(str(path)), path, heartbeat_s,
-                                       heartbeat_s * GRACE_FACTOR,
-                                       RetryHeartbeatStaleTrialCallback(max_retry=2))
+        return _beat_through_outages(heartbeat_journal_storage(
+            JournalFileBackend(str(path)), path, heartbeat_s, heartbeat_s * GRACE_FACTOR,
+            RetryHeartbeatStaleTrialCallback(max_retry=2)))
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -122,20 +122,55 @@ def open_storage(url: str | None = None, heartbeat_s: int = HEARTBEAT_S) -> Any:
 
     try:
         try:
-            return connect()
+            return _beat_through_outages(connect())
         except Exception as err:
             # Two processes creating the same new database at once: the one that lost the race
             # to write its schema version finds it written; the schema is there now.
             if "UNIQUE constraint" not in str(err) and "duplicate key" not in str(err):
                 raise
             time.sleep(1.0)
-            return connect()
+            return _beat_through_outages(connect())
     except ModuleNotFoundError as err:
         raise UserError(f"--storage {redact(url)}: its database driver is not installed "
                         f"({err.name}); for MySQL run `pip install pymysql`") from None
     except Exception as err:  # unreachable server, bad credentials, bad path
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"--storage {redact(url)}: cannot open it ({first})") from None
+
+
+def is_storage_error(err: BaseException) -> bool:
+    """Whether ``err`` (or what it was raised from) is the storage being unreachable: a
+    database server restarting, a dropped connection. Optuna wraps these in
+    StorageInternalError, and sometimes fails on its own after one (so the chain is read)."""
+    seen: set[int] = set()
+    cur: BaseException | None = err
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        kind = type(cur)
+        names = {f"{c.__module__}.{c.__name__}" for c in kind.__mro__}
+        if names & {"optuna.exceptions.StorageInternalError", "sqlalchemy.exc.OperationalError",
+                    "sqlalchemy.exc.InterfaceError", "sqlalchemy.exc.DisconnectionError",
+                    "psycopg.OperationalError", "builtins.ConnectionError"}:
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
+def _beat_through_outages(store: Any) -> Any:
+    """A heartbeat that survives a storage outage: Optuna's heartbeat thread dies at the first
+    failed write, and the trial, alive, would then go stale and be run again by another worker.
+    A failed beat is skipped; the next one, once the server is back, keeps the trial alive."""
+    beat = store.record_heartbeat
+
+    def record_heartbeat(trial_id: int) -> None:
+        try:
+            beat(trial_id)
+        except Exception as err:
+            if not is_storage_error(err) and not isinstance(err, OSError):
+                raise
+
+    store.record_heartbeat = record_heartbeat
+    return store
 
 
 def redact(url: str) -> str:

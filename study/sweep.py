@@ -498,25 +498,45 @@ def run_workers(study: Any, study_name: str, storage_url: str, plans: list[Worke
         return launch_worker(study_name, storage_url, plans[index], index, device,
                              mixed_precision, heartbeat_s, artifacts, log_dir, len(plans))
 
+    from storage import GRACE_FACTOR, is_storage_error
+    from study.sweep_worker import NO_SPACE_EXIT
+
     procs = [start(k) for k in range(len(plans))]
     restarts = [0] * len(plans)
     failed: set[int] = set()
     say(f"{len(procs)} worker(s) started; logs in {log_dir}")
     watcher = Progress(study, len(procs), show=progress)
+    unreachable = False
     try:
         with sigterm_as_interrupt():
             while True:
-                watcher.poll()
-                for k, (proc, log_path) in enumerate(procs):
-                    if k in failed or proc.poll() is None or proc.returncode == 0:
-                        continue
-                    if restarts[k] < max_restarts and not sweep_finished(study):
+                try:
+                    watcher.poll()
+                    for k, (proc, log_path) in enumerate(procs):
+                        if k in failed or proc.poll() is None or proc.returncode == 0:
+                            continue
+                        if proc.returncode == NO_SPACE_EXIT or restarts[k] >= max_restarts:
+                            failed.add(k)
+                            continue
+                        # The dead worker's trial is RUNNING until its heartbeat is stale; then
+                        # it is queued again, and there is work for a new worker.
+                        wait_for_stale(study, heartbeat_s * GRACE_FACTOR, say)
+                        if sweep_finished(study):
+                            failed.add(k)
+                            continue
                         restarts[k] += 1
-                        say(f"worker {k} exited with code {proc.returncode} (its log: {log_path});"
-                            f" starting it again ({restarts[k]}/{max_restarts})")
+                        say(f"worker {k} exited with code {proc.returncode} (its log: "
+                            f"{log_path}); starting it again ({restarts[k]}/{max_restarts})")
                         procs[k] = start(k)
-                    else:
-                        failed.add(k)
+                    if unreachable:
+                        say("the storage is reachable again")
+                        unreachable = False
+                except Exception as err:  # the database restarting: the workers wait for it
+                    if not is_storage_error(err):
+                        raise
+                    if not unreachable:
+                        say(f"the storage is unreachable ({type(err).__name__}); retrying")
+                    unreachable = True
                 if all(p.poll() is not None for p, _ in procs):
                     break
                 time.sleep(POLL_S)
@@ -529,7 +549,8 @@ def run_workers(study: Any, study_name: str, storage_url: str, plans: list[Worke
             say(f"{requeued} interrupted trial(s) queued again; rerun the same command to go on")
         raise
     finally:
-        watcher.poll()
+        with contextlib.suppress(Exception):  # a last look; the storage may be down
+            watcher.poll()
         watcher.close()
     for k in sorted(failed):
         proc, log_path = procs[k]

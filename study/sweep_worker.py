@@ -37,6 +37,14 @@ from study.worker import run_job, say, start_session
 
 STOP = None  # what the main process broadcasts when the sweep is over
 COORDINATOR_ENV = "SHIFTSWEEP_COORDINATOR_PID"  # set by study.sweep.launch_worker
+OUTAGE_S = 600.0  # how long a worker waits for an unreachable storage before it gives up
+NO_SPACE_EXIT = 75  # a worker that stopped because the trial folders' disk is full (EX_TEMPFAIL)
+NO_SPACE_MARKS = ("[Errno 28]", "[Errno 122]")  # ENOSPC, EDQUOT in an OSError's message
+
+
+class NoSpaceLeft(KeyboardInterrupt):
+    """The trial folders' file system is full: stop this worker (a KeyboardInterrupt, so that
+    Optuna records the trial failed and lets it through), and queue the trial again."""
 
 # Measures and settings stored as user attributes of every trial (the dashboard shows them).
 # Every measure of the registry, and the settings that analysis groups trials by.
@@ -130,6 +138,7 @@ def objective_factory(session: Any, study: Any, space: Any, trials_root: Path,
             trial.set_user_attr("fail_reason", "interrupted")
             raise
         except Exception as err:  # e.g. a bad fixed setting: the same on every rank
+            _stop_if_no_space(trial, str(err), out)
             trial.set_user_attr("fail_reason", str(err))
             raise TrialFailed(str(err)) from err
         timings = record.get("timings", {})
@@ -138,6 +147,7 @@ def objective_factory(session: Any, study: Any, space: Any, trials_root: Path,
         trial.set_user_attr("base_score_s", round(timings.get("base_score_s", 0.0), 3))
         trial.set_user_attr("objective_s", round(time.time() - started, 3))
         if record["status"] != "complete":
+            _stop_if_no_space(trial, record["error"], out)
             trial.set_user_attr("fail_reason", record["error"])
             raise TrialFailed(record["error"])
         measures = record["measures"]
@@ -209,6 +219,16 @@ def _watch_coordinator(pid: int, period_s: float = 2.0) -> None:
     threading.Thread(target=watch, name="coordinator-watch", daemon=True).start()
 
 
+def _stop_if_no_space(trial: Any, reason: str, out: Path) -> None:
+    """A full disk is not this trial's fault and would fail every later one in seconds:
+    record it as interrupted (queued again by the next run) and stop the worker."""
+    if any(mark in reason for mark in NO_SPACE_MARKS):
+        trial.set_user_attr("fail_reason", "interrupted")
+        trial.set_user_attr("interrupted_by", reason)
+        raise NoSpaceLeft(f"no space left on the disk of {out.parent} ({reason}); free space "
+                          f"there and rerun the same command")
+
+
 def run(study_name: str, storage_url: str, heartbeat_s: int, artifacts: Path,
         trials_root: Path | None, worker_index: int = 0) -> int:
     signal.signal(signal.SIGINT, _stop_once)
@@ -242,6 +262,10 @@ def run(study_name: str, storage_url: str, heartbeat_s: int, artifacts: Path,
         if not sweep_finished(study):
             say(f"worker {socket.gethostname()}:{os.getpid()} joins study {study_name!r}")
             optimize(study, objective)
+    except NoSpaceLeft as err:
+        say(str(err))
+        # The other processes wait for the next job: send them STOP (finally), then exit.
+        return NO_SPACE_EXIT
     except KeyboardInterrupt:
         interrupted = True  # the other ranks got the same signal: no STOP to wait for
         say("interrupted: the running trial is recorded failed (interrupted) and queued again "
@@ -279,8 +303,14 @@ def serialize_sqlite_pops(storage: Any) -> None:
     engine.dispose()  # connections made before the listeners: replaced by new ones
 
 
-def optimize(study: Any, objective: Any) -> None:
-    """Run trials until the study has its trials (queued replicates and retries included)."""
+def optimize(study: Any, objective: Any, outage_s: float = OUTAGE_S) -> None:
+    """Run trials until the study has its trials (queued replicates and retries included).
+
+    If the storage becomes unreachable (a database server restarting), wait for it for up to
+    ``outage_s`` and go on; a trial whose result could not be stored is failed by its stale
+    heartbeat and run again.
+    """
+    from storage import is_storage_error
     from study.analysis.boundary import boundary_settled
     from study.sweep import sweep_finished
 
@@ -288,7 +318,34 @@ def optimize(study: Any, objective: Any) -> None:
         if sweep_finished(study) or boundary_settled(study):  # stop_when: boundary_settled
             study.stop()
 
-    study.optimize(objective, callbacks=[stop_when_done], catch=(Exception,), gc_after_trial=False)
+    while True:
+        try:
+            study.optimize(objective, callbacks=[stop_when_done], catch=(Exception,),
+                           gc_after_trial=False)
+            return
+        except Exception as err:
+            if not is_storage_error(err):
+                raise
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            say(f"the storage is unreachable ({first[:160]}); waiting up to {outage_s:.0f} s")
+            _wait_for_storage(study, outage_s)
+            if sweep_finished(study):
+                return
+
+
+def _wait_for_storage(study: Any, outage_s: float) -> None:
+    from storage import is_storage_error
+
+    deadline = time.time() + outage_s
+    while True:
+        time.sleep(2.0)
+        try:
+            study.user_attrs  # noqa: B018 - a read that needs the server
+            say("the storage is back: going on")
+            return
+        except Exception as err:
+            if not is_storage_error(err) or time.time() > deadline:
+                raise
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ Every process of a multi-process launch runs every job; only the main process wr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -85,8 +86,9 @@ def run_job(session: Any, job: dict[str, Any], index: int, label: str, startup_s
     except Exception as err:  # a failed trial is recorded with its reason, never scored
         error, ended = err, isinstance(err, RankFailed) and err.ended
         if main:
-            (out / "error.log").parent.mkdir(parents=True, exist_ok=True)
-            (out / "error.log").write_text(traceback.format_exc())
+            with contextlib.suppress(OSError):  # best effort: the disk may be what failed
+                (out / "error.log").parent.mkdir(parents=True, exist_ok=True)
+                (out / "error.log").write_text(traceback.format_exc())
     # Every process agrees on the outcome before any goes on to the next trial.
     reason = describe(error) if ended else finish(session.accelerator, error)
     if reason is None:
@@ -102,8 +104,12 @@ def run_job(session: Any, job: dict[str, Any], index: int, label: str, startup_s
     record["provenance"] = provenance({"processes": session.accelerator.num_processes})
     if main:
         steps = record.get("log", [])
-        write_json(out / "result.json", {k: v for k, v in record.items() if k != "log"})
-        (out / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in steps))
+        try:
+            write_json(out / "result.json", {k: v for k, v in record.items() if k != "log"})
+            (out / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in steps))
+        except OSError as err:  # e.g. a full disk: the trial is not recorded, so it failed
+            record.update(status="failed", error=f"its record could not be written: {err}")
+            say(f"trial {label} failed: {record['error']}")
     return record
 
 
