@@ -499,7 +499,6 @@ def run_workers(study: Any, study_name: str, storage_url: str, plans: list[Worke
                              mixed_precision, heartbeat_s, artifacts, log_dir, len(plans))
 
     from storage import GRACE_FACTOR, is_storage_error
-    from study.sweep_worker import NO_SPACE_EXIT
 
     procs = [start(k) for k in range(len(plans))]
     restarts = [0] * len(plans)
@@ -515,7 +514,7 @@ def run_workers(study: Any, study_name: str, storage_url: str, plans: list[Worke
                     for k, (proc, log_path) in enumerate(procs):
                         if k in failed or proc.poll() is None or proc.returncode == 0:
                             continue
-                        if proc.returncode == NO_SPACE_EXIT or restarts[k] >= max_restarts:
+                        if _no_space_line(log_path) or restarts[k] >= max_restarts:
                             failed.add(k)
                             continue
                         # The dead worker's trial is RUNNING until its heartbeat is stale; then
@@ -552,12 +551,31 @@ def run_workers(study: Any, study_name: str, storage_url: str, plans: list[Worke
         with contextlib.suppress(Exception):  # a last look; the storage may be down
             watcher.poll()
         watcher.close()
+    requeue_interrupted(study)  # e.g. a trial stopped by a full disk: it runs on the next run
     for k in sorted(failed):
         proc, log_path = procs[k]
+        no_space = _no_space_line(log_path)
+        if no_space:  # one line says it all; the launcher's traceback would only bury it
+            say(no_space)
+            continue
         tail = log_path.read_text(errors="replace").splitlines()[-12:]
         say(f"worker {k} exited with code {proc.returncode}; the end of {log_path}:")
         print("\n".join(tail), file=sys.stderr)
     return len(failed)
+
+
+def _no_space_line(log_path: Path) -> str | None:
+    """The worker's own line if it stopped because the trial folders' disk is full."""
+    from study.sweep_worker import NO_SPACE_LINE
+
+    try:
+        text = log_path.read_text(errors="replace")
+    except OSError:
+        return None
+    for line in reversed(text.splitlines()):
+        if NO_SPACE_LINE in line:
+            return line.split("] ", 1)[-1]
+    return None
 
 
 def summary(study: Any, top: int = 5) -> str:

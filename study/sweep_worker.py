@@ -39,6 +39,7 @@ STOP = None  # what the main process broadcasts when the sweep is over
 COORDINATOR_ENV = "SHIFTSWEEP_COORDINATOR_PID"  # set by study.sweep.launch_worker
 OUTAGE_S = 600.0  # how long a worker waits for an unreachable storage before it gives up
 NO_SPACE_EXIT = 75  # a worker that stopped because the trial folders' disk is full (EX_TEMPFAIL)
+NO_SPACE_LINE = "no space left on the disk of"  # how the coordinator recognises that stop
 NO_SPACE_MARKS = ("[Errno 28]", "[Errno 122]")  # ENOSPC, EDQUOT in an OSError's message
 
 
@@ -225,7 +226,7 @@ def _stop_if_no_space(trial: Any, reason: str, out: Path) -> None:
     if any(mark in reason for mark in NO_SPACE_MARKS):
         trial.set_user_attr("fail_reason", "interrupted")
         trial.set_user_attr("interrupted_by", reason)
-        raise NoSpaceLeft(f"no space left on the disk of {out.parent} ({reason}); free space "
+        raise NoSpaceLeft(f"{NO_SPACE_LINE} {out.parent} ({reason}); free space "
                           f"there and rerun the same command")
 
 
