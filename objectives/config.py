@@ -59,7 +59,7 @@ class TrialConfig:
     lora_target_modules: list[str] | None = None  # None: detected per architecture
     weight_decay: float = 0.0
     lr_schedule: LrSchedule = "constant"  # few steps: a decaying schedule shrinks the dose
-    warmup_steps: int = 0
+    warmup_steps: int = 0  # linear warmup from 0; with "constant": constant_with_warmup
     micro_batch_size: int = 8  # per-process forward size; larger batches accumulate
     max_length: int = 384  # tokens of prompt + completion; the prompt is cut from the left
     mixed_precision: MixedPrecision = "no"  # "bf16" on GPUs that have it

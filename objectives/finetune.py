@@ -48,7 +48,11 @@ def train(model: Any, tokenizer: Any, rows: list[dict[str, Any]], config: TrialC
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     from transformers import get_scheduler
 
-    scheduler = get_scheduler(config.lr_schedule, optimizer, num_warmup_steps=config.warmup_steps,
+    # transformers' "constant" ignores num_warmup_steps: warmup_steps > 0 means a warmed-up
+    # constant schedule, not a setting dropped in silence
+    schedule = ("constant_with_warmup" if config.lr_schedule == "constant" and config.warmup_steps
+                else config.lr_schedule)
+    scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=config.warmup_steps,
                               num_training_steps=len(plan))
     wrapped, optimizer = accelerator.prepare(model, optimizer)
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -57,6 +61,7 @@ def train(model: Any, tokenizer: Any, rows: list[dict[str, Any]], config: TrialC
     try:
         for step, batch in enumerate(plan, start=1):
             started = time.perf_counter()
+            lr = scheduler.get_last_lr()[0]  # this step's; after scheduler.step() it is the next's
             tokens = sum(len(encoded[i]) - encoded[i].start for i in batch)  # target tokens
             share = batch[rank::world]
             micro = [share[i:i + config.micro_batch_size]
@@ -78,7 +83,7 @@ def train(model: Any, tokenizer: Any, rows: list[dict[str, Any]], config: TrialC
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             total = accelerator.reduce(local_loss.to(accelerator.device), reduction="sum")
-            log.append({"step": step, "loss": float(total) / tokens, "lr": scheduler.get_last_lr()[0],
+            log.append({"step": step, "loss": float(total) / tokens, "lr": lr,
                         "examples": len(batch), "tokens": tokens,
                         "seconds": time.perf_counter() - started})
     finally:
