@@ -60,6 +60,7 @@ class Session:
         self._behaviors: dict[str, Behavior] = {}
         self._base: dict[str, dict[str, Any]] = {}
         self._generators: dict[str, tuple[Any, Any]] = {}
+        self._generator_fingerprints: dict[str, str] = {}  # hashing the weights takes ~0.4 s
         self._dream_counts: dict[str, int] = {}
 
     # --- the one entry point -----------------------------------------------------------------
@@ -372,8 +373,11 @@ class Session:
     def _generator_fingerprint(self, config: TrialConfig) -> str:
         if config.dream_model is None:
             return self.model_fingerprint
-        self._paraphraser(config)  # loads the generator
-        return fingerprint(self._generators[config.dream_model][0])
+        if config.dream_model not in self._generator_fingerprints:
+            self._paraphraser(config)  # loads the generator
+            self._generator_fingerprints[config.dream_model] = fingerprint(
+                self._generators[config.dream_model][0])
+        return self._generator_fingerprints[config.dream_model]
 
     def _paraphraser(self, config: TrialConfig) -> Callable[[list[str], int], list[str | None]]:
         if config.dream_model is None:

@@ -124,3 +124,17 @@ def test_bad_lora_targets_are_a_user_error(session, tiny_behavior, tiny_llama):
         session.run(_config(tiny_behavior, tiny_llama, lora_target_modules=["nope"]))
     # the session is still usable afterwards
     assert session.run(_config(tiny_behavior, tiny_llama, n_real=2))["measures"]["steps"] == 2
+
+
+def test_fingerprint_hashes_the_weights_bytes(tiny_llama):
+    import torch
+
+    model, _, _ = load_model(str(tiny_llama))
+    again, _, _ = load_model(str(tiny_llama))
+    assert fingerprint(model) == fingerprint(again), "the same weights: the same fingerprint"
+    with torch.no_grad():
+        # swapping two weights keeps every tensor's sum and sum of squares: a summary misses it
+        w = model.model.layers[0].mlp.up_proj.weight
+        a, b = w[0, 0].item(), w[0, 1].item()
+        w[0, 0], w[0, 1] = b, a
+    assert fingerprint(model) != fingerprint(again)
