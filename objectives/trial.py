@@ -191,15 +191,19 @@ class Session:
 
     # --- model and adapter ----------------------------------------------------------------------
     def _ensure_model(self, spec: str) -> None:
-        if self.model_spec == spec:
+        if self.model_spec == spec and self.model is not None:
             return
-        self.model = self.tokenizer = None
+        # The old weights go first (two models at once may not fit on a GPU), and until the
+        # new one is in place no model counts as loaded: a failed load is retried by the next
+        # trial that asks for any model, instead of leaving model=None under the old spec.
+        self.model = self.tokenizer = self.model_spec = None
+        self.model_name = self.model_fingerprint = ""
+        self._base.clear()
         log.info("loading model %s", spec)
         model, tokenizer, name = load_model(spec)
-        self.model = model.to(self.accelerator.device)
-        self.tokenizer, self.model_name, self.model_spec = tokenizer, name, spec
-        self.model_fingerprint = fingerprint(self.model)
-        self._base.clear()
+        model = model.to(self.accelerator.device)
+        self.model_fingerprint = fingerprint(model)
+        self.model, self.tokenizer, self.model_name, self.model_spec = model, tokenizer, name, spec
 
     @contextmanager
     def _trainable(self, config: TrialConfig):

@@ -138,3 +138,21 @@ def test_fingerprint_hashes_the_weights_bytes(tiny_llama):
         a, b = w[0, 0].item(), w[0, 1].item()
         w[0, 0], w[0, 1] = b, a
     assert fingerprint(model) != fingerprint(again)
+
+
+def test_a_failed_model_load_leaves_the_session_usable(tiny_behavior, tiny_llama, tmp_path):
+    import shutil
+
+    broken = tmp_path / "no-weights"
+    broken.mkdir()
+    for item in tiny_llama.iterdir():  # the config and tokenizer, but no weights file
+        if not item.name.endswith(".safetensors"):
+            shutil.copy(item, broken / item.name)
+    session = Session()
+    first = session.run(_config(tiny_behavior, tiny_llama, n_real=2, dream_multiplier=1))
+    with pytest.raises(UserError, match="no-weights"):
+        session.run(_config(tiny_behavior, broken, n_real=2, dream_multiplier=1))
+    again = session.run(_config(tiny_behavior, tiny_llama, n_real=2, dream_multiplier=1))
+    assert again["measures"] == first["measures"]
+    with pytest.raises(UserError, match="no-weights"):  # retried, not remembered as loaded
+        session.run(_config(tiny_behavior, broken, n_real=2, dream_multiplier=1))
