@@ -244,9 +244,7 @@ def cmd_trial(args: argparse.Namespace) -> int:
     configs = [_config(args, seed) for seed in args.seed]
     _check_inputs(configs[0])
     first = configs[0]
-    name = (f"{time.strftime('%Y%m%d-%H%M%S')}-n{first.n_real}-m{first.dream_multiplier}"
-            f"-lr{first.lr:g}-bs{first.batch_size}")
-    run_dir = (args.out or storage.trials_dir() / name).resolve()
+    run_dir = args.out.resolve() if args.out else new_trial_folder(storage.trials_dir(), configs)
     if len(set(args.seed)) != len(args.seed):
         raise UserError(f"--seed {' '.join(map(str, args.seed))}: each seed may appear once")
     outs = [run_dir] if len(configs) == 1 else [run_dir / f"seed-{c.seed}" for c in configs]
@@ -293,6 +291,26 @@ def cmd_trial(args: argparse.Namespace) -> int:
         reason = r.get("error") if r else "no result recorded (see launch.log)"
         print(f"shiftsweep: a trial failed: {reason}", file=sys.stderr)
     return 1 if failed or code else 0
+
+
+def new_trial_folder(parent: Path, configs: list[TrialConfig]) -> Path:
+    """A new folder for a ``trial`` run, created here: its name says when and what (seeds
+    included), and a run started in the same second as another gets the next free suffix
+    (``mkdir`` is atomic, so two runs never share one)."""
+    first = configs[0]
+    seeds = ("-".join(str(c.seed) for c in configs) if len(configs) <= 4
+             else f"{configs[0].seed}-to-{configs[-1].seed}")
+    name = (f"{time.strftime('%Y%m%d-%H%M%S')}-n{first.n_real}-m{first.dream_multiplier}"
+            f"-lr{first.lr:g}-bs{first.batch_size}-seed{seeds}")
+    parent.mkdir(parents=True, exist_ok=True)
+    for k in range(1, 10_000):
+        folder = parent / (name if k == 1 else f"{name}-{k}")
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        return folder.resolve()
+    raise UserError(f"{parent}: no free trial folder name for {name}")
 
 
 def format_results(results: list[dict[str, Any] | None], wall_s: float | None = None) -> str:

@@ -156,3 +156,20 @@ def test_a_failed_model_load_leaves_the_session_usable(tiny_behavior, tiny_llama
     assert again["measures"] == first["measures"]
     with pytest.raises(UserError, match="no-weights"):  # retried, not remembered as loaded
         session.run(_config(tiny_behavior, broken, n_real=2, dream_multiplier=1))
+
+
+def test_trial_runs_in_the_same_second_get_their_own_folders(tmp_path, monkeypatch):
+    import time
+
+    from study.cli import new_trial_folder
+
+    monkeypatch.setattr(time, "strftime", lambda fmt, *a: "20260101-120000")  # one second
+    configs = [TrialConfig(seed=3)]
+    taken = tmp_path / "20260101-120000-n6-m1-lr0.0001-bs8-seed3"
+    taken.mkdir()
+    (taken / "result.json").write_text("{}")  # someone's recorded trial
+    first, second = new_trial_folder(tmp_path, configs), new_trial_folder(tmp_path, configs)
+    assert len({first, second, taken}) == 3 and first.is_dir() and second.is_dir()
+    assert (taken / "result.json").read_text() == "{}" and not list(first.iterdir())
+    two = new_trial_folder(tmp_path, [TrialConfig(seed=0), TrialConfig(seed=1)])
+    assert two.name.endswith("-seed0-1")
