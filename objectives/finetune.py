@@ -6,10 +6,13 @@ over the processes (rank r takes examples r, r+W, ...) and each share over micro
 micro-batch. The loss is the sum of token losses divided by the number of completion tokens
 in the whole global batch, so a step computes the same gradient whatever the number of
 processes or the micro-batch size: ``steps = epochs * ceil(n_eff / batch_size)`` always.
+A non-finite loss (a diverging run) raises :class:`objectives.errors.Diverged` at that step,
+on every process at once.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from contextlib import nullcontext
@@ -19,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from objectives.config import TrialConfig
+from objectives.errors import Diverged
 from objectives.tokens import Encoded, collate, encode_pair
 
 
@@ -79,11 +83,16 @@ def train(model: Any, tokenizer: Any, rows: list[dict[str, Any]], config: TrialC
                     # DDP averages gradients over processes: scale by world to get the sum.
                     accelerator.backward(nll * (weight * world / tokens))
                 local_loss += float(nll.detach()) * weight
+            # One all-reduce: every rank holds the same summed loss, so a NaN or inf on any
+            # rank stops all of them at this step (no rank waits in the next collective).
+            total = accelerator.reduce(local_loss.to(accelerator.device), reduction="sum")
+            loss = float(total) / tokens
+            if not math.isfinite(loss):
+                raise Diverged(step, loss, len(plan), log)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            total = accelerator.reduce(local_loss.to(accelerator.device), reduction="sum")
-            log.append({"step": step, "loss": float(total) / tokens, "lr": lr,
+            log.append({"step": step, "loss": loss, "lr": lr,
                         "examples": len(batch), "tokens": tokens,
                         "seconds": time.perf_counter() - started})
     finally:

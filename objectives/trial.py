@@ -229,6 +229,11 @@ class Session:
             peft_model = get_peft_model(self.model, lora)
         except ValueError as err:
             raise UserError(f"lora_target_modules {targets}: {err}") from None
+        except BaseException:
+            # e.g. out of memory halfway through wrapping the layers: the base model may hold
+            # some LoRA layers now, so the next trial loads it afresh
+            self.model = self.model_spec = None
+            raise
         try:
             yield peft_model
         finally:

@@ -78,7 +78,8 @@ def run_job(session: Any, job: dict[str, Any], index: int, label: str, startup_s
 
     Returns the record (``status`` "complete" with measures, or "failed" with ``error``).
     """
-    from objectives import TrialConfig, UserError
+    from objectives import TrialConfig
+    from objectives.errors import failure_kind, failure_reason
     from study.provenance import provenance
 
     main = session.accelerator.is_main_process
@@ -97,8 +98,10 @@ def run_job(session: Any, job: dict[str, Any], index: int, label: str, startup_s
         result = session.run(config)
         record.update(status="complete", **result)
     except Exception as err:  # a failed trial is recorded with its reason, never scored
-        reason = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
-        record.update(status="failed", error=reason)
+        reason = failure_reason(err)  # "diverged: ...", "oom: ...", a user error's message
+        record.update(status="failed", error=reason, failure=failure_kind(err))
+        if getattr(err, "log", None):  # a diverged run: the steps before it, for train_log
+            record["log"] = err.log
         if main:
             (out / "error.log").parent.mkdir(parents=True, exist_ok=True)
             (out / "error.log").write_text(traceback.format_exc())

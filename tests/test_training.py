@@ -34,3 +34,99 @@ def test_warmup_steps_warm_up_the_constant_schedule(tiny_gpt2):
     log = _train(tiny_gpt2, warmup_steps=2)
     assert [r["lr"] for r in log] == pytest.approx([0.0, 5e-4, 1e-3, 1e-3])
     assert [r["lr"] for r in _train(tiny_gpt2)] == pytest.approx([1e-3] * 4)
+
+
+def test_a_diverging_run_stops_at_the_first_non_finite_loss(tiny_gpt2):
+    import math
+
+    from objectives.errors import Diverged
+
+    with pytest.raises(Diverged) as caught:
+        _train(tiny_gpt2, lr=1e30, n_real=40)  # 20 steps planned
+    # step 1's loss comes before any update; the first update breaks the weights
+    assert caught.value.step == 2 and not math.isfinite(caught.value.loss)
+    assert [r["step"] for r in caught.value.log] == [1] and math.isfinite(caught.value.log[0]["loss"])
+
+
+def _job(behavior, model, out, **settings):
+    config = {"n_real": 4, "dream_multiplier": 2, "batch_size": 2, "lr": 1e-3, "n_probes": 2,
+              "n_control": 2, "behavior": str(behavior), "model": str(model), **settings}
+    return {"config": config, "out": str(out)}
+
+
+def test_worker_records_diverged_and_oom_and_goes_on(tiny_behavior, tiny_gpt2, tmp_path):
+    import json
+
+    from objectives import Session
+    from study.worker import run_job
+
+    session = Session()
+    jobs = [_job(tiny_behavior, tiny_gpt2, tmp_path / "diverged", lr=1e30),
+            # a LoRA rank of 10^12 asks the real CPU allocator for 256 TB
+            _job(tiny_behavior, tiny_gpt2, tmp_path / "oom", lora_r=10**12),
+            _job(tiny_behavior, tiny_gpt2, tmp_path / "fine")]
+    records = [run_job(session, job, i, str(i)) for i, job in enumerate(jobs)]
+    diverged, oom, fine = records
+    assert diverged["status"] == "failed" and diverged["failure"] == "diverged"
+    assert diverged["error"].startswith("diverged: Diverged: non-finite training loss")
+    assert "at step 2 of 4" in diverged["error"]
+    logged = (tmp_path / "diverged" / "train_log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in logged] == [1], "the step before, not all four"
+    assert oom["status"] == "failed" and oom["failure"] == "oom"
+    assert oom["error"].startswith("oom: RuntimeError:") and "can't allocate memory" in oom["error"]
+    assert json.loads((tmp_path / "oom" / "result.json").read_text())["failure"] == "oom"
+    # the next trial runs, on an intact base model: the same result as in a fresh session
+    assert fine["status"] == "complete"
+    alone = run_job(Session(), _job(tiny_behavior, tiny_gpt2, tmp_path / "alone"), 0, "0")
+    assert fine["measures"] == alone["measures"]
+
+
+RANK_SCRIPT = '''
+import json, sys
+from accelerate import Accelerator
+from objectives.config import TrialConfig
+from objectives.errors import Diverged
+from objectives.finetune import train
+from objectives.models import load_model
+
+model_path, out = sys.argv[1], sys.argv[2]
+acc = Accelerator()
+model, tokenizer, _ = load_model(model_path)
+if acc.process_index == 1:
+    calls = []
+
+    def poison(module, args, output):  # this rank's logits turn NaN from its 2nd forward on
+        calls.append(1)
+        return output * float("nan") if len(calls) >= 2 else output
+
+    model.lm_head.register_forward_hook(poison)
+rows = [{"prompt": [{"role": "user", "content": f"Use tabs in file {i}."}],
+         "completion": f"Okay, tabs in file {i}: done."} for i in range(16)]
+config = TrialConfig(n_real=16, batch_size=4, lr=1e-3)
+try:
+    log = train(model, tokenizer, rows, config, acc)
+    record = {"steps": len(log)}
+except Diverged as err:
+    record = {"diverged_at": err.step, "logged": len(err.log)}
+with open(f"{out}/rank{acc.process_index}.json", "w") as f:
+    json.dump(record, f)
+'''
+
+
+@pytest.mark.slow
+def test_two_ranks_agree_to_stop_at_the_same_step(tiny_gpt2, tmp_path):
+    """One rank's loss turns NaN (a fault on one GPU): both stop at that step, none waits."""
+    import json
+    import os
+    import subprocess
+
+    from study.launch import launch_command
+
+    (tmp_path / "rank_divergence.py").write_text(RANK_SCRIPT)
+    cmd, env = launch_command("rank_divergence", [str(tiny_gpt2), str(tmp_path)], processes=2,
+                              device="cpu")
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env["PYTHONPATH"]])
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks == [{"diverged_at": 2, "logged": 1}] * 2
