@@ -295,7 +295,7 @@ def cmd_trial(args: argparse.Namespace) -> int:
 
 def new_trial_folder(parent: Path, configs: list[TrialConfig]) -> Path:
     """A new folder for a ``trial`` run, created here: its name says when and what (seeds
-    included), and a run started in the same second as another gets the next free suffix
+    included), and a run started in the same second as another gets the next free -runK suffix
     (``mkdir`` is atomic, so two runs never share one)."""
     first = configs[0]
     seeds = ("-".join(str(c.seed) for c in configs) if len(configs) <= 4
@@ -304,7 +304,7 @@ def new_trial_folder(parent: Path, configs: list[TrialConfig]) -> Path:
             f"-lr{first.lr:g}-bs{first.batch_size}-seed{seeds}")
     parent.mkdir(parents=True, exist_ok=True)
     for k in range(1, 10_000):
-        folder = parent / (name if k == 1 else f"{name}-{k}")
+        folder = parent / (name if k == 1 else f"{name}-run{k}")
         try:
             folder.mkdir()
         except FileExistsError:
