@@ -180,6 +180,7 @@ def _check_inputs(config: TrialConfig) -> None:
     """Fail before launching on what can be checked cheaply: the behavior, n_real, the model."""
     from objectives.behavior import load_behavior
     from objectives.dreams import file_sources
+    from objectives.finetune import check_optimizer
     from objectives.models import resolve_model
 
     behavior = load_behavior(config.behavior)
@@ -205,6 +206,7 @@ def _check_inputs(config: TrialConfig) -> None:
                         f"is missing")
     if config.model != "default":
         resolve_model(config.model)
+    check_optimizer(config)  # the apollo extra, before any trial starts
     if config.dream_model:
         resolve_model(config.dream_model)
 

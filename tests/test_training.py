@@ -130,3 +130,70 @@ def test_two_ranks_agree_to_stop_at_the_same_step(tiny_gpt2, tmp_path):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks == [{"diverged_at": 2, "logged": 1}] * 2
+
+
+HAS_APOLLO = __import__("importlib.util").util.find_spec("apollo_torch") is not None
+
+
+def test_apollo_with_lora_is_a_user_error():
+    from objectives.errors import UserError
+
+    with pytest.raises(UserError, match="optimizer apollo-mini: APOLLO trains full parameters "
+                                        "only; set finetune: full"):
+        TrialConfig(optimizer="apollo-mini")
+    with pytest.raises(UserError, match="optimizer: expected one of 'adamw', 'apollo'"):
+        TrialConfig.from_dict({"optimizer": "sgd"})
+    assert TrialConfig(optimizer="apollo", finetune="full").optimizer == "apollo"
+
+
+@pytest.mark.skipif(HAS_APOLLO, reason="the apollo extra is installed here")
+def test_apollo_without_the_extra_is_a_user_error_before_any_trial(tiny_llama, tiny_behavior,
+                                                                   tmp_path, capsys):
+    import optuna
+    import yaml
+
+    from objectives.errors import UserError
+    from objectives.finetune import check_optimizer
+    from study.cli import main
+
+    with pytest.raises(UserError, match=r"optional extra apollo is not installed .*CC-BY-NC-4.0"):
+        check_optimizer(TrialConfig(optimizer="apollo", finetune="full"))
+    space = {"dimensions": {"lr": {"type": "float", "low": 1e-4, "high": 1e-3},
+                            "optimizer": {"type": "categorical",
+                                          "values": ["adamw", "apollo-mini", "apollo"]}},
+             "fixed": {"model": str(tiny_llama), "behavior": str(tiny_behavior),
+                       "finetune": "full", "n_real": 2},
+             "sampler": {"name": "random", "seed": 0}, "n_trials": 2}
+    path = tmp_path / "apollo.yaml"
+    path.write_text(yaml.safe_dump(space))
+    db = tmp_path / "s.db"
+    code = main(["sweep", "--space", str(path), "--storage", f"sqlite:///{db}", "--workers", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "apollo.yaml" in err[0] and "optional extra apollo is not installed" in err[0]
+    assert not db.exists() or not optuna.get_all_study_summaries(f"sqlite:///{db}"), \
+        "no study was created"
+
+
+@pytest.mark.skipif(not HAS_APOLLO, reason="needs the apollo extra (pip install -e '.[apollo]')")
+@pytest.mark.parametrize("optimizer", ["apollo", "apollo-mini"])
+def test_apollo_trains_the_attention_and_mlp_weights(tiny_llama, optimizer):
+    from objectives.finetune import APOLLO_SETTINGS, make_optimizer
+
+    model, tokenizer, _ = load_model(str(tiny_llama))
+    config = TrialConfig(n_real=8, batch_size=2, lr=1e-3, finetune="full", optimizer=optimizer)
+    groups = make_optimizer(model, config).param_groups
+    projected = [g for g in groups if "rank" in g]
+    assert len(projected) == 1 and projected[0]["rank"] == APOLLO_SETTINGS[optimizer]["rank"]
+    # 2 layers x (q, k, v, o + gate, up, down): the weight matrices APOLLO projects
+    assert len(projected[0]["params"]) == 14
+    before = model.model.layers[0].self_attn.q_proj.weight.detach().clone()
+    log = train(model, tokenizer, _rows(8), config, Accelerator(cpu=True))
+    assert len(log) == 4 and log[-1]["loss"] < log[0]["loss"]
+    assert not torch_equal(before, model.model.layers[0].self_attn.q_proj.weight)
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b.detach()))
