@@ -8,6 +8,7 @@
     shiftsweep trial --n-real 6 --dream-multiplier 10 --lr 1e-4 --batch-size 8
     shiftsweep behavior PATH [--audit]             # validate a behavior folder, audit its style
     shiftsweep icl --k 0,1,3,5,8,16 --seeds 0 1 2  # in-context baseline, its own study
+    shiftsweep slurm --space S --nodes 4 --gpus-per-node 8  # an sbatch script for a cluster
 
 ``trial`` validates its flags here, then runs the worker under ``accelerate launch`` (one
 CPU process by default; ``--processes N`` for N processes or GPUs) and prints the measures.
@@ -110,6 +111,20 @@ def _parser() -> argparse.ArgumentParser:
     join.add_argument("--study", required=True)
     storage_flags(join)
     worker_flags(join)
+
+    slurm = sub.add_parser("slurm", help="write an sbatch script: a job array, one task per "
+                           "node, one worker per GPU group, storage URL from $SHIFTSWEEP_STORAGE")
+    slurm.add_argument("--space", required=True, help="a shipped space or a YAML file")
+    slurm.add_argument("--nodes", type=int, required=True)
+    slurm.add_argument("--gpus-per-node", type=int, required=True)
+    slurm.add_argument("--gpus-per-trial", type=int, default=1)
+    slurm.add_argument("--study", default=None, help="default: the space's name")
+    slurm.add_argument("--time", default="1-00:00:00", help="Slurm time limit per task")
+    slurm.add_argument("--partition", default=None)
+    slurm.add_argument("--cpus-per-node", type=int, default=None)
+    slurm.add_argument("--artifacts", type=Path, default=None, help="a folder every node shares")
+    slurm.add_argument("--out", type=Path, default=None,
+                       help="default: slurm/<study>.sbatch (never overwritten)")
 
     plots = sub.add_parser("plots", help="export the boundary figures of a study")
     plots.add_argument("--study", default=None, help="study name (default: listening-cpu)")
@@ -576,6 +591,30 @@ def score_probes(behavior: Any, model: str) -> str:
     return "\n".join([head, *lines])
 
 
+def cmd_slurm(args: argparse.Namespace) -> int:
+    import storage
+    from search_spaces import load_space
+    from study.slurm import sbatch_script
+
+    logs = storage.home() / "slurm"  # Slurm does not create the --output folder
+    text = sbatch_script(args.space, args.nodes, args.gpus_per_node, args.gpus_per_trial,
+                         study=args.study, time_limit=args.time, partition=args.partition,
+                         cpus_per_node=args.cpus_per_node, artifacts=args.artifacts,
+                         log_dir=logs)
+    out = args.out or Path("slurm") / f"{args.study or load_space(args.space).name}.sbatch"
+    if out.exists():
+        raise UserError(f"--out {out}: already exists; choose a new file (never overwritten)")
+    try:
+        logs.mkdir(parents=True, exist_ok=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+    except OSError as err:
+        raise UserError(f"--out {out}: cannot write it ({err.strerror})") from None
+    print(f"shiftsweep: wrote {out}; submit it with: export SHIFTSWEEP_STORAGE=postgresql://...; "
+          f"sbatch {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -586,7 +625,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         commands = {"trial": cmd_trial, "behavior": cmd_behavior, "sweep": cmd_sweep,
                     "worker": lambda a: cmd_sweep(a, create=False), "plots": cmd_plots,
-                    "dashboard": cmd_dashboard, "icl": cmd_icl, "analyze": cmd_analyze}
+                    "dashboard": cmd_dashboard, "icl": cmd_icl, "analyze": cmd_analyze,
+                    "slurm": cmd_slurm}
         return commands[args.command](args)
     except UserError as err:
         print(f"shiftsweep: error: {err}", file=sys.stderr)
