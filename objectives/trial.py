@@ -214,9 +214,11 @@ class Session:
             # while training (gradients and optimizer state take three more)
             snapshot = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
             self.model.requires_grad_(True)
+            on_device: dict[str, torch.Tensor] = {}
             try:
-                yield self.model, self._swapped_in(snapshot)
+                yield self.model, self._swapped_in(snapshot, on_device)
             finally:
+                on_device.clear()  # the base weights' device copy, if one was made
                 self.model.load_state_dict(snapshot)
                 self.model.requires_grad_(False)
                 self.model.eval()
@@ -245,11 +247,12 @@ class Session:
             self.model.requires_grad_(False)
             self.model.eval()
 
-    def _swapped_in(self, snapshot: dict[str, torch.Tensor]) -> Callable[[], Any]:
+    def _swapped_in(self, snapshot: dict[str, torch.Tensor], on_device: dict[str, torch.Tensor]
+                    ) -> Callable[[], Any]:
         """For full fine-tuning: a context factory that points the model's parameters at the
-        base weights of ``snapshot`` and back (no copy on the CPU; on a GPU one copy, made on
-        first use, after training has freed its gradients and optimizer state)."""
-        on_device: dict[str, torch.Tensor] = {}
+        base weights of ``snapshot`` and back. No copy on the CPU; on a GPU one copy, kept in
+        ``on_device`` from first use to the trial's end (training has freed its gradients and
+        optimizer state by then, three times the weights)."""
 
         @contextmanager
         def base_weights():
