@@ -62,5 +62,5 @@ def failure_reason(err: BaseException) -> str:
     kind = failure_kind(err)
     if kind == "user":
         return str(err)
-    text = f"{type(err).__name__}: {err}".splitlines()[0] if str(err) else type(err).__name__
+    text = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
     return text if kind == "error" else f"{kind}: {text}"

@@ -197,3 +197,22 @@ def torch_equal(a, b) -> bool:
     import torch
 
     return bool(torch.equal(a, b.detach()))
+
+
+def test_failure_reasons_are_classified_in_one_place():
+    import torch
+
+    from objectives.errors import Diverged, UserError, failure_kind, failure_reason
+
+    try:  # the real CPU allocator's failure: a plain RuntimeError
+        torch.empty(2**46)
+    except RuntimeError as err:
+        cpu = err
+    cases = [(cpu, "oom"), (MemoryError(), "oom"),
+             (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), "oom"),
+             (Diverged(3, float("nan"), 9, []), "diverged"), (UserError("--lr: bad"), "user"),
+             (RuntimeError("shape mismatch"), "error"), (ValueError("out of range"), "error")]
+    assert [failure_kind(e) for e, _ in cases] == [k for _, k in cases]
+    assert failure_reason(MemoryError()) == "oom: MemoryError"
+    assert failure_reason(UserError("--lr: bad")) == "--lr: bad"
+    assert failure_reason(RuntimeError("shape mismatch")) == "RuntimeError: shape mismatch"
