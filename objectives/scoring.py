@@ -83,9 +83,9 @@ def _next_token_logp(model: Any, ids: torch.Tensor, mask: torch.Tensor, position
 
 
 # The logits of one forward pass in the forgetting pass stay under this (a control batch is
-# split into fewer rows when needed): (rows, length, vocab) floats, x4 with the log-probs of
-# both models, and a 150k vocabulary makes 384 tokens 230 MB a row.
-KL_LOGITS_BYTES = 256 * 2**20
+# split into fewer rows when needed); about three such tensors live at once (both models'
+# log-probs and the KL terms). A row of 384 tokens x a 150k vocabulary is 230 MB alone.
+KL_LOGITS_BYTES = 64 * 2**20
 
 
 @torch.no_grad()

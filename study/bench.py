@@ -19,7 +19,8 @@ Prints, all measured in this one run:
    the ratio of the medians; target >= 0.95.
 5. **Peak resident memory of the forgetting pass**: a child process per path runs the same
    sweep-like sequence of ``--trials`` trials (one Session, seeds 0..K-1, the default study's
-   scoring settings) and reports its peak RSS (``getrusage`` maxrss). "held" is the path
+   settings with every control text, or ``--n-control``; a one-step point and 4 probes,
+   since neither is what is measured) and reports its peak RSS (``getrusage`` maxrss). "held" is the path
    before this change, kept here only for the comparison: the base model's full
    next-token distributions on the control texts computed once and held for the session, the
    tuned model's computed for every text, then the KL. "streamed" is the project's path: the
@@ -43,6 +44,9 @@ from typing import Any
 import yaml
 
 POINT = {"n_real": 8, "dream_multiplier": 4, "lr": 1e-3, "batch_size": 8}
+# The memory runs: one optimizer step and a few probes; the control texts are what is measured.
+MEMORY_POINT = {"n_real": 2, "dream_multiplier": 1, "lr": 1e-3, "batch_size": 2, "n_probes": 4,
+                "n_contrast": 4, "n_train_scored": 2}
 
 
 def _scoring_settings() -> dict[str, Any]:
@@ -240,7 +244,7 @@ def memory_child(path: str, trials: int, n_control: int | None) -> dict[str, Any
     from objectives import Session, TrialConfig
 
     session = _held_session_class()() if path == "held" else Session()
-    settings = {**_scoring_settings(), **POINT, "n_control": n_control}
+    settings = {**_scoring_settings(), **MEMORY_POINT, "n_control": n_control}
     forgetting = [session.run(TrialConfig.from_dict({**settings, "seed": seed}))["measures"]["forgetting"]
                   for seed in range(trials)]
     # ru_maxrss is in KiB on Linux
@@ -270,14 +274,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-sweep", action="store_true", help="only the training loops")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--n-control", type=int, default=None,
-                        help="control texts in the memory runs (default: the default study's)")
+                        help="control texts in the memory runs (default: every one)")
     parser.add_argument("--memory-child", choices=["held", "streamed"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     import study  # noqa: F401 - quiets library warnings
     from search_spaces import DEFAULT_SPACE, load_space
 
-    n_control = args.n_control or _scoring_settings().get("n_control")
+    n_control = args.n_control
     if args.memory_child:
         print(json.dumps(memory_child(args.memory_child, args.trials, n_control)))
         return 0
@@ -326,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         held, streamed = runs["held"], runs["streamed"]
         gib = 2**30
         print(f"\n== peak resident memory, {args.trials} trials in one process, "
-              f"{n_control or 'all'} control texts ==")
+              f"{n_control or 'every'} control text(s), point {MEMORY_POINT} ==")
         print(f"  held base distributions (before): {held['peak_bytes'] / gib:.2f} GiB")
         print(f"  streamed KL (now):                {streamed['peak_bytes'] / gib:.2f} GiB")
         print(f"  ratio before/now: {held['peak_bytes'] / streamed['peak_bytes']:.2f}x")
