@@ -84,7 +84,9 @@ def _next_token_logp(model: Any, ids: torch.Tensor, mask: torch.Tensor, position
 
 # The logits of one forward pass in the forgetting pass stay under this (a control batch is
 # split into fewer rows when needed); about three such tensors live at once (both models'
-# log-probs and the KL terms). A row of 384 tokens x a 150k vocabulary is 230 MB alone.
+# log-probs and the KL terms). On an idle 2-core CPU, 16 control texts of the default model
+# took 7.9-8.5 s in 64 MiB pieces (3 rows) and 9.0-9.2 s as one batch: splitting is free.
+# A row of 384 tokens x a 150k vocabulary is 230 MB: one row a forward there.
 KL_LOGITS_BYTES = 64 * 2**20
 
 
