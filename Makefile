@@ -35,14 +35,20 @@ LR ?= 1e-4
 BS ?= 8
 SEED ?= 0
 PYTEST_ARGS ?=
+# make slurm SPACE=listening-gpu NODES=4 GPUS_PER_NODE=8 [GPUS_PER_TRIAL=2] [STUDY=...]
+#   [SLURM_TIME=1-00:00:00] [PARTITION=...] [OUT=slurm/NAME.sbatch]
+NODES ?=
+GPUS_PER_NODE ?=
+SLURM_TIME ?=
+PARTITION ?=
+OUT ?=
 
 opt = $(if $(2),$(1) $(2))
 WORKER_FLAGS = $(call opt,--workers,$(WORKERS)) $(call opt,--gpus,$(GPUS)) \
 	$(if $(GPUS),--gpus-per-trial $(GPUS_PER_TRIAL)) $(call opt,--storage,$(STORAGE))
 
 .PHONY: install system-deps test test-fast lint sweep worker plots dashboard bench bench-boundary \
-	chaos trial \
-	behavior icl report clean
+	chaos trial behavior icl report slurm clean
 install: $(VENV)/.installed system-deps
 
 $(VENV)/.installed: pyproject.toml constraints.txt Makefile
@@ -98,6 +104,13 @@ BOOT ?=
 report: install
 	$(BIN)/shiftsweep analyze --study $(or $(STUDY),$(SPACE)) $(call opt,--storage,$(STORAGE)) \
 		$(call opt,--boot,$(BOOT))
+
+slurm: install
+	@test -n "$(NODES)" && test -n "$(GPUS_PER_NODE)" || \
+		(echo "make slurm: set NODES=N and GPUS_PER_NODE=G (and SPACE=...)"; exit 2)
+	$(BIN)/shiftsweep slurm --space $(SPACE) --nodes $(NODES) --gpus-per-node $(GPUS_PER_NODE) \
+		--gpus-per-trial $(GPUS_PER_TRIAL) $(call opt,--study,$(STUDY)) \
+		$(call opt,--time,$(SLURM_TIME)) $(call opt,--partition,$(PARTITION)) $(call opt,--out,$(OUT))
 
 dashboard: install
 	$(BIN)/shiftsweep dashboard --host $(HOST) --port $(PORT) $(call opt,--storage,$(STORAGE))

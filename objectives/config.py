@@ -19,6 +19,9 @@ DreamStrategy = Literal["template", "file", "model", "repeat"]
 TrainOn = Literal["chosen", "placebo", "rejected"]
 RealPool = Literal["auto", "train", "sources"]
 Finetune = Literal["lora", "full"]
+# APOLLO (the optional extra ``apollo``): full fine-tuning only; "apollo-mini" is its rank-1
+# variant (objectives.finetune.APOLLO_SETTINGS)
+Optimizer = Literal["adamw", "apollo", "apollo-mini"]
 MixedPrecision = Literal["no", "bf16", "fp16"]
 LrSchedule = Literal["constant", "linear", "cosine"]
 
@@ -53,13 +56,14 @@ class TrialConfig:
 
     # --- how it is trained ------------------------------------------------------------------
     finetune: Finetune = "lora"
+    optimizer: Optimizer = "adamw"  # apollo, apollo-mini: finetune full and the apollo extra
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.0  # no dropout: a few steps are all a small n_eff gets
     lora_target_modules: list[str] | None = None  # None: detected per architecture
     weight_decay: float = 0.0
     lr_schedule: LrSchedule = "constant"  # few steps: a decaying schedule shrinks the dose
-    warmup_steps: int = 0
+    warmup_steps: int = 0  # linear warmup from 0; with "constant": constant_with_warmup
     micro_batch_size: int = 8  # per-process forward size; larger batches accumulate
     max_length: int = 384  # tokens of prompt + completion; the prompt is cut from the left
     mixed_precision: MixedPrecision = "no"  # "bf16" on GPUs that have it
@@ -100,6 +104,9 @@ class TrialConfig:
         need(self.dream_temperature > 0, "dream_temperature", "a number > 0")
         need(bool(self.behavior), "behavior", "a behavior name or folder")
         need(bool(self.model), "model", "'default', a model folder or a hub id")
+        if self.optimizer != "adamw" and self.finetune != "full":
+            raise UserError(f"optimizer {self.optimizer}: APOLLO trains full parameters only; "
+                            f"set finetune: full (got finetune: {self.finetune})")
         if self.lora_target_modules is not None:
             need(len(self.lora_target_modules) > 0, "lora_target_modules",
                  "a non-empty list of module names, or null to detect them")

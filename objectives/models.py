@@ -220,15 +220,16 @@ def lora_target_modules(model: torch.nn.Module) -> list[str]:
 
 
 def fingerprint(model: torch.nn.Module) -> str:
-    """A content hash of a model's config and weights (keys caches of its base scores)."""
+    """A content hash of a model's config and weights (keys caches of its base scores):
+    sha256 over the config, then each tensor's name, dtype, shape and bytes, in name order."""
     digest = hashlib.sha256()
     config = getattr(model, "config", None)
     if config is not None:
         digest.update(json.dumps(config.to_dict(), sort_keys=True, default=str).encode())
     with torch.no_grad():
         for name, tensor in sorted(model.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(repr(tuple(tensor.shape)).encode())
-            flat = tensor.detach().float()
-            digest.update(f"{flat.sum().item():.8e} {flat.pow(2).sum().item():.8e}".encode())
+            digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
+            # the raw bytes, viewed as uint8 (numpy has no bfloat16); no copy on the CPU
+            flat = tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8)
+            digest.update(flat.numpy().data)
     return digest.hexdigest()[:16]

@@ -27,10 +27,11 @@ class RankFailed(RuntimeError):
 
 
 def describe(err: BaseException) -> str:
-    """The reason recorded for a failed trial: a UserError's message, else type and message."""
-    from objectives.errors import UserError
+    """The reason recorded for a failed trial (:func:`objectives.errors.failure_reason`);
+    another process's failure as this one was told it."""
+    from objectives.errors import failure_reason
 
-    return str(err) if isinstance(err, UserError | RankFailed) else f"{type(err).__name__}: {err}"
+    return str(err) if isinstance(err, RankFailed) else failure_reason(err)
 
 
 def broadcast(accelerator: Any, value: Any) -> Any:

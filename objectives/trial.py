@@ -1,7 +1,7 @@
 """One trial: draw real examples, dream variations, fine-tune, score. Knows nothing of Optuna.
 
 :class:`Session` holds what consecutive trials share - the accelerator, the loaded base model
-and its cached base scores - so a worker process that runs many trials pays process start-up,
+and its cached base margins - so a worker process that runs many trials pays process start-up,
 imports and model loading once. Each trial attaches a fresh LoRA adapter (or, for full
 fine-tuning, snapshots the weights) and removes it (restores them) afterwards, so every trial
 starts from the same base model. ``Session.run`` is the one entry point: a resolved
@@ -60,6 +60,7 @@ class Session:
         self._behaviors: dict[str, Behavior] = {}
         self._base: dict[str, dict[str, Any]] = {}
         self._generators: dict[str, tuple[Any, Any]] = {}
+        self._generator_fingerprints: dict[str, str] = {}  # hashing the weights takes ~0.4 s
         self._dream_counts: dict[str, int] = {}
 
     # --- the one entry point -----------------------------------------------------------------
@@ -95,7 +96,6 @@ class Session:
         base_probe = self._base_margins(behavior, config, "probe", probes)
         base_contrast = self._base_margins(behavior, config, "contrast", contrast)
         base_train = self._base_margins(behavior, config, "train", scored_real)
-        base_control = self._base_control(behavior, config)
         base_gen = self._base_generations(behavior, config, gen_rows)
         lap("base_score_s")
         if config.train_on == "placebo":
@@ -111,7 +111,7 @@ class Session:
         from accelerate.utils import set_seed
 
         set_seed(config.seed)
-        with self._trainable(config) as trainable:
+        with self._trainable(config) as (trainable, as_base):
             lap("train_s")
             log.info("training on %s: %d examples, %d steps", config.train_on, len(examples),
                      config.steps)
@@ -125,7 +125,7 @@ class Session:
             tuned_probe = self._margins(trainable, probes, config)
             tuned_contrast = self._margins(trainable, contrast, config)
             tuned_train = self._margins(trainable, scored_real, config)
-            kl_total, kl_count = self._forgetting(trainable, behavior, base_control, config)
+            kl_total, kl_count = self._forgetting(trainable, as_base, behavior, config)
             tuned_gen = self._generations(trainable, gen_rows, config)
             lap("score_s")
         lap("train_s")  # removing the adapter / restoring weights
@@ -192,26 +192,35 @@ class Session:
 
     # --- model and adapter ----------------------------------------------------------------------
     def _ensure_model(self, spec: str) -> None:
-        if self.model_spec == spec:
+        if self.model_spec == spec and self.model is not None:
             return
-        self.model = self.tokenizer = None
+        # The old weights go first (two models at once may not fit on a GPU), and until the
+        # new one is in place no model counts as loaded: a failed load is retried by the next
+        # trial that asks for any model, instead of leaving model=None under the old spec.
+        self.model = self.tokenizer = self.model_spec = None
+        self.model_name = self.model_fingerprint = ""
+        self._base.clear()
         log.info("loading model %s", spec)
         model, tokenizer, name = load_model(spec)
-        self.model = model.to(self.accelerator.device)
-        self.tokenizer, self.model_name, self.model_spec = tokenizer, name, spec
-        self.model_fingerprint = fingerprint(self.model)
-        self._base.clear()
+        model = model.to(self.accelerator.device)
+        self.model_fingerprint = fingerprint(model)
+        self.model, self.tokenizer, self.model_name, self.model_spec = model, tokenizer, name, spec
 
     @contextmanager
     def _trainable(self, config: TrialConfig):
-        """The model to train for this trial; on exit the base model is as it was."""
+        """The model to train for this trial, and a context factory under which that model
+        computes the base model's outputs (the forgetting pass); on exit the base model is
+        as it was."""
         if config.finetune == "full":
             # kept in host memory: a second copy of the weights on the GPU could not fit
+            # while training (gradients and optimizer state take three more)
             snapshot = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
             self.model.requires_grad_(True)
+            on_device: dict[str, torch.Tensor] = {}
             try:
-                yield self.model
+                yield self.model, self._swapped_in(snapshot, on_device)
             finally:
+                on_device.clear()  # the base weights' device copy, if one was made
                 self.model.load_state_dict(snapshot)
                 self.model.requires_grad_(False)
                 self.model.eval()
@@ -226,13 +235,42 @@ class Session:
             peft_model = get_peft_model(self.model, lora)
         except ValueError as err:
             raise UserError(f"lora_target_modules {targets}: {err}") from None
+        except BaseException:
+            # e.g. out of memory halfway through wrapping the layers: the base model may hold
+            # some LoRA layers now, so the next trial loads it afresh
+            self.model = self.model_spec = None
+            raise
         try:
-            yield peft_model
+            # the base model is the tuned one with its adapter off: nothing to keep
+            yield peft_model, peft_model.disable_adapter
         finally:
             # unload() takes the LoRA layers out again without merging them.
             self.model = peft_model.unload()
             self.model.requires_grad_(False)
             self.model.eval()
+
+    def _swapped_in(self, snapshot: dict[str, torch.Tensor], on_device: dict[str, torch.Tensor]
+                    ) -> Callable[[], Any]:
+        """For full fine-tuning: a context factory that points the model's parameters at the
+        base weights of ``snapshot`` and back. No copy on the CPU; on a GPU one copy, kept in
+        ``on_device`` from first use to the trial's end (training has freed its gradients and
+        optimizer state by then, three times the weights)."""
+
+        @contextmanager
+        def base_weights():
+            params = dict(self.model.named_parameters())  # a tied weight once: swapped once
+            if not on_device:
+                on_device.update((n, snapshot[n].to(p.device)) for n, p in params.items())
+            tuned = {n: p.data for n, p in params.items()}
+            try:
+                for n, p in params.items():
+                    p.data = on_device[n]
+                yield
+            finally:
+                for n, p in params.items():
+                    p.data = tuned[n]
+
+        return base_weights
 
     # --- behaviors and the base model's scores --------------------------------------------------
     def _behavior(self, spec: str) -> Behavior:
@@ -281,28 +319,16 @@ class Session:
                 write_json(path, cache)
         return [cache[kind][str(r["line"])] for r in rows]
 
-    def _base_control(self, behavior: Behavior, config: TrialConfig) -> dict[str, Any]:
-        """The base model's next-token distributions on this process's share of the control
-        texts, kept in memory (hundreds of MB: full vocabularies, too large for disk)."""
-        key = f"control:{config.n_control}:" + self._cache_key(behavior, config)
-        if key not in self._base:
-            texts = _control_texts(behavior, config)
-            mine = list(range(self.accelerator.process_index, len(texts),
-                              self.accelerator.num_processes))
-            self.model.eval()
-            logps = scoring.control_logprobs(self.model, self.tokenizer, [texts[i] for i in mine],
-                                             config.max_length, config.score_batch_size,
-                                             self.accelerator.autocast)
-            self._base[key] = {"index": mine, "logprobs": logps}
-        return self._base[key]
-
-    def _forgetting(self, model: Any, behavior: Behavior, base: dict[str, Any],
+    def _forgetting(self, model: Any, as_base: Callable[[], Any], behavior: Behavior,
                     config: TrialConfig) -> tuple[float, int]:
+        """KL sums of this process's share of the control texts, gathered over processes;
+        the base distributions are computed batch by batch beside the tuned ones (``as_base``),
+        never held."""
         texts = _control_texts(behavior, config)
-        tuned = scoring.control_logprobs(model, self.tokenizer, [texts[i] for i in base["index"]],
-                                         config.max_length, config.score_batch_size,
-                                         self.accelerator.autocast)
-        parts = self._gather([scoring.kl_sums(base["logprobs"], tuned)])
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        parts = self._gather([scoring.control_kl(
+            model, as_base, self.tokenizer, texts[rank::world], config.max_length,
+            config.score_batch_size, self.accelerator.autocast)])
         return sum(p[0] for p in parts), sum(p[1] for p in parts)
 
     # --- the generation check -------------------------------------------------------------------
@@ -369,8 +395,11 @@ class Session:
     def _generator_fingerprint(self, config: TrialConfig) -> str:
         if config.dream_model is None:
             return self.model_fingerprint
-        self._paraphraser(config)  # loads the generator
-        return fingerprint(self._generators[config.dream_model][0])
+        if config.dream_model not in self._generator_fingerprints:
+            self._paraphraser(config)  # loads the generator
+            self._generator_fingerprints[config.dream_model] = fingerprint(
+                self._generators[config.dream_model][0])
+        return self._generator_fingerprints[config.dream_model]
 
     def _paraphraser(self, config: TrialConfig) -> Callable[[list[str], int], list[str | None]]:
         if config.dream_model is None:

@@ -15,6 +15,7 @@ from typing import Any
 __all__ = ["artifacts_dir", "cache_dir", "default_url", "home", "models_dir", "open_storage", "redact",
            "trials_dir"]
 
+STORAGE_ENV = "SHIFTSWEEP_STORAGE"  # the storage URL when --storage is not given
 HEARTBEAT_S = 10  # a running trial writes a heartbeat this often ...
 GRACE_FACTOR = 3  # ... and is declared stale (killed) after this many missed beats
 
@@ -61,11 +62,16 @@ def default_url() -> str:
 def normalize_url(url: str | None) -> str:
     """A storage URL in the form Optuna takes; plain paths are journal files or SQLite files.
 
+    No URL: ``$SHIFTSWEEP_STORAGE`` if set (so a password need not be on a command line, which
+    ``ps`` shows every user), else :func:`default_url`.
+
     ``postgresql://`` gets the psycopg 3 driver that shiftsweep installs (SQLAlchemy would
     otherwise look for psycopg2); ``mysql://`` needs ``pip install pymysql``.
     """
     from objectives.errors import UserError
 
+    if not url:
+        url = os.environ.get(STORAGE_ENV)
     if not url:
         return default_url()
     if url.startswith("postgresql://") or url.startswith("postgres://"):

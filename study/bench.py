@@ -17,6 +17,15 @@ Prints, all measured in this one run:
    step), in back-to-back A/B pairs after one uncounted warm-up run; the median of the pair
    ratios (this machine's run-to-run noise is several percent, pairs cancel its drift) and
    the ratio of the medians; target >= 0.95.
+5. **Peak resident memory of the forgetting pass**: a child process per path runs the same
+   sweep-like sequence of ``--trials`` trials (one Session, seeds 0..K-1, the default study's
+   settings with every control text, or ``--n-control``; a one-step point and 4 probes,
+   since neither is what is measured) and reports its peak RSS (``getrusage`` maxrss). "held" is the path
+   before this change, kept here only for the comparison: the base model's full
+   next-token distributions on the control texts computed once and held for the session, the
+   tuned model's computed for every text, then the KL. "streamed" is the project's path: the
+   base distributions computed batch by batch beside the tuned ones (LoRA: adapter
+   disabled), never held. Both report their forgetting values, which must agree.
 """
 
 from __future__ import annotations
@@ -35,6 +44,9 @@ from typing import Any
 import yaml
 
 POINT = {"n_real": 8, "dream_multiplier": 4, "lr": 1e-3, "batch_size": 8}
+# The memory runs: one optimizer step and a few probes; the control texts are what is measured.
+MEMORY_POINT = {"n_real": 2, "dream_multiplier": 1, "lr": 1e-3, "batch_size": 2, "n_probes": 4,
+                "n_contrast": 4, "n_train_scored": 2}
 
 
 def _scoring_settings() -> dict[str, Any]:
@@ -179,16 +191,100 @@ def bench_training(repeats: int) -> dict[str, list[float]]:
     return rates
 
 
+def _held_session_class() -> type:
+    """A Session with the forgetting pass as it was before the streamed KL (see 5. above)."""
+    import torch
+
+    from objectives import Session
+    from objectives.tokens import collate, encode_text
+    from objectives.trial import _control_texts
+
+    @torch.no_grad()
+    def distributions(model: Any, tokenizer: Any, texts: list[str], max_length: int,
+                      batch_size: int) -> list[torch.Tensor]:
+        # the old scoring.control_logprobs: (len-1, vocab) per text, on the CPU
+        encoded = [encode_text(tokenizer, t, max_length) for t in texts]
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        out: list[torch.Tensor] = [torch.empty(0)] * len(texts)
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            ids, mask, _, positions = collate([encoded[i] for i in batch], tokenizer.pad_token_id)
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+            logp = torch.log_softmax(logits[:, :-1].float(), dim=-1).cpu()
+            for row, i in enumerate(batch):
+                out[i] = logp[row, : len(encoded[i]) - 1].clone()
+        return out
+
+    class HeldControlSession(Session):
+        held: list[torch.Tensor] | None = None
+
+        def _forgetting(self, model: Any, as_base: Any, behavior: Any, config: Any
+                        ) -> tuple[float, int]:
+            texts = _control_texts(behavior, config)
+            if self.held is None:
+                with as_base():
+                    self.held = distributions(model, self.tokenizer, texts, config.max_length,
+                                              config.score_batch_size)
+            tuned = distributions(model, self.tokenizer, texts, config.max_length,
+                                  config.score_batch_size)
+            total, count = 0.0, 0
+            for b, t in zip(self.held, tuned, strict=True):
+                kl = (b.exp() * (b - t)).sum(-1)
+                total += float(kl.sum())
+                count += kl.numel()
+            return total, count
+
+    return HeldControlSession
+
+
+def memory_child(path: str, trials: int, n_control: int | None) -> dict[str, Any]:
+    """Run ``trials`` trials in this process on the ``path`` forgetting pass; peak RSS."""
+    import resource
+
+    from objectives import Session, TrialConfig
+
+    session = _held_session_class()() if path == "held" else Session()
+    settings = {**_scoring_settings(), **MEMORY_POINT, "n_control": n_control}
+    forgetting = [session.run(TrialConfig.from_dict({**settings, "seed": seed}))["measures"]["forgetting"]
+                  for seed in range(trials)]
+    # ru_maxrss is in KiB on Linux
+    return {"peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "forgetting": forgetting}
+
+
+def bench_memory(trials: int, n_control: int | None) -> dict[str, dict[str, Any]]:
+    out = {}
+    for path in ("held", "streamed"):
+        args = ["--memory-child", path, "--trials", str(trials)]
+        if n_control is not None:
+            args += ["--n-control", str(n_control)]
+        done = subprocess.run([sys.executable, "-m", "study.bench", *args], capture_output=True,
+                              text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"bench: the {path} memory run failed:\n{done.stderr[-3000:]}")
+        out[path] = json.loads(done.stdout.strip().splitlines()[-1])
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m study.bench", description=__doc__)
     parser.add_argument("--trials", type=int, default=3, help="trials per path (median of these)")
     parser.add_argument("--repeats", type=int, default=5, help="A/B runs of each training loop")
     parser.add_argument("--skip-training", action="store_true")
     parser.add_argument("--skip-sweep", action="store_true", help="only the training loops")
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--n-control", type=int, default=None,
+                        help="control texts in the memory runs (default: every one)")
+    parser.add_argument("--memory-child", choices=["held", "streamed"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     import study  # noqa: F401 - quiets library warnings
     from search_spaces import DEFAULT_SPACE, load_space
+
+    n_control = args.n_control
+    if args.memory_child:
+        print(json.dumps(memory_child(args.memory_child, args.trials, n_control)))
+        return 0
 
     n_default = load_space(DEFAULT_SPACE).n_trials
     print(f"make bench: default model, listening, point {POINT} with the scoring settings of "
@@ -229,6 +325,18 @@ def main(argv: list[str] | None = None) -> int:
               f"{statistics.median(pairs):.3f}  (target >= 0.95; pairs "
               f"{[round(p, 3) for p in pairs]})")
         print(f"  ratio of the medians: {ours / bare:.3f}")
+    if not args.skip_memory:
+        runs = bench_memory(args.trials, n_control)
+        held, streamed = runs["held"], runs["streamed"]
+        gib = 2**30
+        print(f"\n== peak resident memory, {args.trials} trials in one process, "
+              f"{n_control or 'every'} control text(s), point {MEMORY_POINT} ==")
+        print(f"  held base distributions (before): {held['peak_bytes'] / gib:.2f} GiB")
+        print(f"  streamed KL (now):                {streamed['peak_bytes'] / gib:.2f} GiB")
+        print(f"  ratio before/now: {held['peak_bytes'] / streamed['peak_bytes']:.2f}x")
+        gap = max(abs(a - b) for a, b in zip(held["forgetting"], streamed["forgetting"], strict=True))
+        print(f"  forgetting per trial: before {[f'{v:.6f}' for v in held['forgetting']]}, "
+              f"now {[f'{v:.6f}' for v in streamed['forgetting']]} (largest gap {gap:.1e})")
     return 0
 
 

@@ -8,6 +8,7 @@
     shiftsweep trial --n-real 6 --dream-multiplier 10 --lr 1e-4 --batch-size 8
     shiftsweep behavior PATH [--audit]             # validate a behavior folder, audit its style
     shiftsweep icl --k 0,1,3,5,8,16 --seeds 0 1 2  # in-context baseline, its own study
+    shiftsweep slurm --space S --nodes 4 --gpus-per-node 8  # an sbatch script for a cluster
 
 ``trial`` validates its flags here, then runs the worker under ``accelerate launch`` (one
 CPU process by default; ``--processes N`` for N processes or GPUs) and prints the measures.
@@ -119,6 +120,20 @@ def _parser() -> argparse.ArgumentParser:
     storage_flags(join)
     worker_flags(join)
 
+    slurm = sub.add_parser("slurm", help="write an sbatch script: a job array, one task per "
+                           "node, one worker per GPU group, storage URL from $SHIFTSWEEP_STORAGE")
+    slurm.add_argument("--space", required=True, help="a shipped space or a YAML file")
+    slurm.add_argument("--nodes", type=int, required=True)
+    slurm.add_argument("--gpus-per-node", type=int, required=True)
+    slurm.add_argument("--gpus-per-trial", type=int, default=1)
+    slurm.add_argument("--study", default=None, help="default: the space's name")
+    slurm.add_argument("--time", default="1-00:00:00", help="Slurm time limit per task")
+    slurm.add_argument("--partition", default=None)
+    slurm.add_argument("--cpus-per-node", type=int, default=None)
+    slurm.add_argument("--artifacts", type=Path, default=None, help="a folder every node shares")
+    slurm.add_argument("--out", type=Path, default=None,
+                       help="default: slurm/<study>.sbatch (never overwritten)")
+
     plots = sub.add_parser("plots", help="export the boundary figures of a study")
     plots.add_argument("--study", default=None, help="study name (default: listening-cpu)")
     plots.add_argument("--storage", default=None)
@@ -198,6 +213,7 @@ def _check_inputs(config: TrialConfig) -> None:
     """Fail before launching on what can be checked cheaply: the behavior, n_real, the model."""
     from objectives.behavior import load_behavior
     from objectives.dreams import file_sources
+    from objectives.finetune import check_optimizer
     from objectives.models import resolve_model
 
     behavior = load_behavior(config.behavior)
@@ -223,6 +239,7 @@ def _check_inputs(config: TrialConfig) -> None:
                         f"is missing")
     if config.model != "default":
         resolve_model(config.model)
+    check_optimizer(config)  # the apollo extra, before any trial starts
     if config.dream_model:
         resolve_model(config.dream_model)
 
@@ -261,9 +278,7 @@ def cmd_trial(args: argparse.Namespace) -> int:
         raise UserError(f"--processes {args.processes}: expected an integer >= 1")
     configs = [_config(args, seed) for seed in args.seed]
     first = configs[0]
-    name = (f"{time.strftime('%Y%m%d-%H%M%S')}-n{first.n_real}-m{first.dream_multiplier}"
-            f"-lr{first.lr:g}-bs{first.batch_size}")
-    run_dir = (args.out or storage.trials_dir() / name).resolve()
+    run_dir = args.out.resolve() if args.out else new_trial_folder(storage.trials_dir(), configs)
     if len(set(args.seed)) != len(args.seed):
         raise UserError(f"--seed {' '.join(map(str, args.seed))}: each seed may appear once")
     outs = [run_dir] if len(configs) == 1 else [run_dir / f"seed-{c.seed}" for c in configs]
@@ -328,6 +343,26 @@ def output_folder(path: Path, flag: str, create: bool = True) -> Path:
         raise UserError(f"{flag} {path}: cannot create the folder ({err.strerror or err}); "
                         f"expected a writable folder") from None
     return path
+
+
+def new_trial_folder(parent: Path, configs: list[TrialConfig]) -> Path:
+    """A new folder for a ``trial`` run, created here: its name says when and what (seeds
+    included), and a run started in the same second as another gets the next free -runK suffix
+    (``mkdir`` is atomic, so two runs never share one)."""
+    first = configs[0]
+    seeds = ("-".join(str(c.seed) for c in configs) if len(configs) <= 4
+             else f"{configs[0].seed}-to-{configs[-1].seed}")
+    name = (f"{time.strftime('%Y%m%d-%H%M%S')}-n{first.n_real}-m{first.dream_multiplier}"
+            f"-lr{first.lr:g}-bs{first.batch_size}-seed{seeds}")
+    parent.mkdir(parents=True, exist_ok=True)
+    for k in range(1, 10_000):
+        folder = parent / (name if k == 1 else f"{name}-run{k}")
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        return folder.resolve()
+    raise UserError(f"{parent}: no free trial folder name for {name}")
 
 
 def format_results(results: list[dict[str, Any] | None], wall_s: float | None = None) -> str:
@@ -619,6 +654,30 @@ def score_probes(behavior: Any, model: str) -> str:
     return "\n".join([head, *lines])
 
 
+def cmd_slurm(args: argparse.Namespace) -> int:
+    import storage
+    from search_spaces import load_space
+    from study.slurm import sbatch_script
+
+    logs = storage.home() / "slurm"  # Slurm does not create the --output folder
+    text = sbatch_script(args.space, args.nodes, args.gpus_per_node, args.gpus_per_trial,
+                         study=args.study, time_limit=args.time, partition=args.partition,
+                         cpus_per_node=args.cpus_per_node, artifacts=args.artifacts,
+                         log_dir=logs)
+    out = args.out or Path("slurm") / f"{args.study or load_space(args.space).name}.sbatch"
+    if out.exists():
+        raise UserError(f"--out {out}: already exists; choose a new file (never overwritten)")
+    try:
+        logs.mkdir(parents=True, exist_ok=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+    except OSError as err:
+        raise UserError(f"--out {out}: cannot write it ({err.strerror})") from None
+    print(f"shiftsweep: wrote {out}; submit it with: export SHIFTSWEEP_STORAGE=postgresql://...; "
+          f"sbatch {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -629,7 +688,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         commands = {"trial": cmd_trial, "behavior": cmd_behavior, "sweep": cmd_sweep,
                     "worker": lambda a: cmd_sweep(a, create=False), "plots": cmd_plots,
-                    "dashboard": cmd_dashboard, "icl": cmd_icl, "analyze": cmd_analyze}
+                    "dashboard": cmd_dashboard, "icl": cmd_icl, "analyze": cmd_analyze,
+                    "slurm": cmd_slurm}
         return commands[args.command](args)
     except UserError as err:
         print(f"shiftsweep: error: {err}", file=sys.stderr)

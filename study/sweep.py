@@ -35,15 +35,16 @@ from typing import Any
 from objectives.errors import UserError
 from objectives.records import say
 
+# How the sweep hands its storage URL (it may hold a password) to its workers: by
+# environment, never on a command line (visible in `ps`) or in a log.
+from storage import STORAGE_ENV
+
 POLL_S = 3.0
 STOP_GRACE_S = 60.0  # how long interrupted workers get to record their trials
 MAX_RESTARTS = 3  # a worker that dies is started again this many times
 # User attributes of every trial of a replicate group (seeds_per_point > 1): the group's first
 # trial number and this trial's seed.
 REPLICATE_ATTRS = ("replicate_of", "replicate_seed")
-# How the sweep hands its storage URL to its workers (it may hold a password): by
-# environment, never on a command line (visible in `ps`) or in a log.
-STORAGE_ENV = "SHIFTSWEEP_STORAGE_URL"
 
 
 @dataclass

@@ -51,7 +51,7 @@ class NoSpaceLeft(KeyboardInterrupt):
 # Every measure of the registry, and the settings that analysis groups trials by.
 MEASURE_ATTRS = MEASURE_NAMES
 CONFIG_ATTRS = ("n_real", "dream_multiplier", "lr", "batch_size", "epochs", "seed",
-                "dream_strategy", "train_on", "finetune")
+                "dream_strategy", "train_on", "finetune", "optimizer")
 
 
 class TrialFailed(Exception):
@@ -150,6 +150,7 @@ def objective_factory(session: Any, study: Any, space: Any, trials_root: Path,
         if record["status"] != "complete":
             _stop_if_no_space(trial, record["error"], out)
             trial.set_user_attr("fail_reason", record["error"])
+            trial.set_user_attr("failure", record.get("failure", "error"))  # diverged, oom, ...
             raise TrialFailed(record["error"])
         measures = record["measures"]
         for key in MEASURE_ATTRS:

@@ -64,6 +64,7 @@ def run_job(session: Any, job: dict[str, Any], index: int, label: str, startup_s
     Returns the record (``status`` "complete" with measures, or "failed" with ``error``).
     """
     from objectives import TrialConfig
+    from objectives.errors import failure_kind
     from objectives.ranks import RankFailed, describe, finish
     from study.provenance import provenance
 
@@ -94,7 +95,10 @@ def run_job(session: Any, job: dict[str, Any], index: int, label: str, startup_s
     if reason is None:
         record.update(status="complete", **result)
     else:
-        record.update(status="failed", error=reason)
+        record.update(status="failed", error=reason,
+                      failure=failure_kind(error) if error is not None else "error")
+        if getattr(error, "log", None):  # a diverged run: the steps before it, for train_log
+            record["log"] = error.log
         if main:
             say(f"trial {label} failed: {reason}")
         _release_memory()  # after an out-of-memory trial, the next one starts from a clean pool

@@ -110,6 +110,7 @@ def private_storage(tmp_path, monkeypatch, request):
     """Each test gets its own storage root, except those marked to share the real one."""
     if "real_storage" not in request.keywords:
         monkeypatch.setenv("SHIFTSWEEP_HOME", str(tmp_path / "storage"))
+    monkeypatch.delenv("SHIFTSWEEP_STORAGE", raising=False)  # a user's own would leak in
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
 

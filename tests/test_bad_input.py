@@ -122,7 +122,7 @@ def _run(ctx: Ctx, args: list[str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "SHIFTSWEEP_HOME": str(ctx.home), "HF_HUB_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1",
            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
-    env.pop("SHIFTSWEEP_STORAGE_URL", None)
+    env.pop("SHIFTSWEEP_STORAGE", None)
     return subprocess.run([sys.executable, "-m", "study.cli", *args], capture_output=True,
                           text=True, timeout=300, cwd=ctx.tmp, env=env)
 

@@ -56,19 +56,79 @@ def test_scored_tokens_are_the_completion_only(tiny_llama):
     assert len(short) == 64 and short.ids[:short.start] == prompt[-short.start:]
 
 
-def test_forgetting_is_zero_for_the_same_model_and_positive_after_a_change(tiny_llama):
-    model, tokenizer, _ = load_model(str(tiny_llama))
-    model.eval()
-    texts = ["The river runs past the mill.", "A short text about the town square and its market."]
-    base = scoring.control_logprobs(model, tokenizer, texts, 128, 2)
-    same = scoring.control_logprobs(model, tokenizer, texts, 128, 1)
-    total, count = scoring.kl_sums(base, same)
-    assert count == sum(len(tokenizer(t)["input_ids"]) - 1 for t in texts)
-    assert abs(total) < 1e-5
+def _kl_by_hand(base, tuned, tokenizer, texts):
+    """Mean per-token KL(p_base || p_tuned): one unpadded forward per text and model, the
+    explicit sum of p_base * (log p_base - log p_tuned) in float64."""
+    total, count = 0.0, 0
     with torch.no_grad():
-        model.lm_head.weight.mul_(1.5)
-    total, _ = scoring.kl_sums(base, scoring.control_logprobs(model, tokenizer, texts, 128, 2))
-    assert total > 1e-3
+        for text in texts:
+            ids = torch.tensor([tokenizer(text)["input_ids"]])
+            b = torch.log_softmax(base(input_ids=ids).logits[0, :-1].double(), -1)
+            t = torch.log_softmax(tuned(input_ids=ids).logits[0, :-1].double(), -1)
+            total += float((b.exp() * (b - t)).sum())
+            count += ids.shape[1] - 1
+    return total / count
+
+
+CONTROL = ["The river runs past the mill.", "A short text about the town square and its market.",
+           "Market day is held every week, rain or shine, by the old stone bridge.",
+           "Bread."]
+
+
+@pytest.mark.parametrize("logits_bytes", [None, 1])  # 1: one text per forward
+def test_forgetting_with_the_adapter_disabled_matches_a_kept_base_copy(tiny_gpt2, logits_bytes):
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    model, tokenizer, _ = load_model(str(tiny_gpt2))
+    model.eval()
+    base = copy.deepcopy(model)
+    torch.manual_seed(0)
+    # init_lora_weights=False: random A and B, so the adapter changes the model
+    tuned = get_peft_model(model, LoraConfig(r=4, target_modules=["c_attn"], init_lora_weights=False))
+    total, count = scoring.control_kl(tuned, tuned.disable_adapter, tokenizer, CONTROL, 128, 3,
+                                      logits_bytes=logits_bytes)
+    assert count == sum(len(tokenizer(t)["input_ids"]) - 1 for t in CONTROL)
+    want = _kl_by_hand(base, tuned, tokenizer, CONTROL)
+    assert want > 1e-3, "the adapter changed the model"
+    assert total / count == pytest.approx(want, abs=1e-5)
+    # an adapter that adds nothing (B = 0, peft's default start): no forgetting
+    fresh = get_peft_model(copy.deepcopy(base), LoraConfig(r=4, target_modules=["c_attn"]))
+    zero, _ = scoring.control_kl(fresh, fresh.disable_adapter, tokenizer, CONTROL, 128, 3)
+    assert abs(zero) < 1e-6
+
+
+@pytest.mark.parametrize("finetune", ["lora", "full"])
+def test_a_trials_forgetting_matches_a_kept_base_copy(tiny_llama, tiny_behavior, finetune):
+    """The session's forgetting pass (LoRA: adapter off; full: base weights swapped in)
+    against a deep copy of the base model, after a change to the trained weights."""
+    import copy
+
+    from objectives import Session, TrialConfig
+    from objectives.models import fingerprint
+    from objectives.trial import _control_texts
+
+    config = TrialConfig(model=str(tiny_llama), behavior=str(tiny_behavior), finetune=finetune,
+                         score_batch_size=4)
+    session = Session()
+    session._ensure_model(config.model)
+    base = copy.deepcopy(session.model)
+    behavior = session._behavior(config.behavior)
+    texts = _control_texts(behavior, config)
+    torch.manual_seed(0)
+    with session._trainable(config) as (tuned, as_base):
+        with torch.no_grad():
+            for p in tuned.parameters():
+                if p.requires_grad:
+                    p.add_(torch.randn_like(p) * 0.05)
+        total, count = session._forgetting(tuned, as_base, behavior, config)
+        want = _kl_by_hand(base, tuned, session.tokenizer, texts)
+        assert want > 1e-3
+        assert total / count == pytest.approx(want, abs=1e-5)
+        # inside the pass the tuned weights were only pointed away from, not overwritten
+        assert _kl_by_hand(base, tuned, session.tokenizer, texts) == pytest.approx(want, abs=1e-12)
+    assert fingerprint(session.model) == fingerprint(base)
 
 
 def test_summary_follows_the_definitions():

@@ -145,7 +145,7 @@ def test_no_password_anywhere_after_a_postgres_sweep(tmp_path, postgres_password
         if p.is_file():
             assert password.encode() not in p.read_bytes(), f"the password is in {p}"
     first = logs[0].read_text().splitlines()[0]
-    assert "SHIFTSWEEP_STORAGE_URL=postgresql+psycopg://shiftsweep_pw:***@" in first
+    assert "SHIFTSWEEP_STORAGE=postgresql+psycopg://shiftsweep_pw:***@" in first
     assert "--storage" not in first, "the URL is not on the worker's command line"
 
     study = optuna.load_study(study_name="secret", storage=storage.open_storage(postgres_password_url))

@@ -51,3 +51,13 @@ def test_bad_storage_urls_are_one_clear_error():
     with pytest.raises(UserError, match=r"--storage postgresql\+psycopg://u:\*\*\*@127.0.0.1:9/x: "
                                         r"cannot open it"):
         storage.open_storage("postgresql://u:secret@127.0.0.1:9/x")
+
+
+def test_the_storage_url_can_come_from_the_environment(tmp_path, monkeypatch):
+    """--storage left out: $SHIFTSWEEP_STORAGE, so a password need not be on a command line."""
+    import storage
+
+    assert storage.normalize_url(None) == storage.default_url()
+    monkeypatch.setenv(storage.STORAGE_ENV, "postgresql://u:pw@host/db")
+    assert storage.normalize_url(None) == "postgresql+psycopg://u:pw@host/db"
+    assert storage.normalize_url(str(tmp_path / "s.db")) == f"sqlite:///{tmp_path / 's.db'}"

@@ -124,3 +124,52 @@ def test_bad_lora_targets_are_a_user_error(session, tiny_behavior, tiny_llama):
         session.run(_config(tiny_behavior, tiny_llama, lora_target_modules=["nope"]))
     # the session is still usable afterwards
     assert session.run(_config(tiny_behavior, tiny_llama, n_real=2))["measures"]["steps"] == 2
+
+
+def test_fingerprint_hashes_the_weights_bytes(tiny_llama):
+    import torch
+
+    model, _, _ = load_model(str(tiny_llama))
+    again, _, _ = load_model(str(tiny_llama))
+    assert fingerprint(model) == fingerprint(again), "the same weights: the same fingerprint"
+    with torch.no_grad():
+        # swapping two weights keeps every tensor's sum and sum of squares: a summary misses it
+        w = model.model.layers[0].mlp.up_proj.weight
+        a, b = w[0, 0].item(), w[0, 1].item()
+        w[0, 0], w[0, 1] = b, a
+    assert fingerprint(model) != fingerprint(again)
+
+
+def test_a_failed_model_load_leaves_the_session_usable(tiny_behavior, tiny_llama, tmp_path):
+    import shutil
+
+    broken = tmp_path / "no-weights"
+    broken.mkdir()
+    for item in tiny_llama.iterdir():  # the config and tokenizer, but no weights file
+        if not item.name.endswith(".safetensors"):
+            shutil.copy(item, broken / item.name)
+    session = Session()
+    first = session.run(_config(tiny_behavior, tiny_llama, n_real=2, dream_multiplier=1))
+    with pytest.raises(UserError, match="no-weights"):
+        session.run(_config(tiny_behavior, broken, n_real=2, dream_multiplier=1))
+    again = session.run(_config(tiny_behavior, tiny_llama, n_real=2, dream_multiplier=1))
+    assert again["measures"] == first["measures"]
+    with pytest.raises(UserError, match="no-weights"):  # retried, not remembered as loaded
+        session.run(_config(tiny_behavior, broken, n_real=2, dream_multiplier=1))
+
+
+def test_trial_runs_in_the_same_second_get_their_own_folders(tmp_path, monkeypatch):
+    import time
+
+    from study.cli import new_trial_folder
+
+    monkeypatch.setattr(time, "strftime", lambda fmt, *a: "20260101-120000")  # one second
+    configs = [TrialConfig(seed=3)]
+    taken = tmp_path / "20260101-120000-n6-m1-lr0.0001-bs8-seed3"
+    taken.mkdir()
+    (taken / "result.json").write_text("{}")  # someone's recorded trial
+    first, second = new_trial_folder(tmp_path, configs), new_trial_folder(tmp_path, configs)
+    assert len({first, second, taken}) == 3 and first.is_dir() and second.is_dir()
+    assert (taken / "result.json").read_text() == "{}" and not list(first.iterdir())
+    two = new_trial_folder(tmp_path, [TrialConfig(seed=0), TrialConfig(seed=1)])
+    assert two.name.endswith("-seed0-1")
