@@ -521,6 +521,7 @@ def run_workers(study: Any, study_name: str, storage_url: str, plans: list[Worke
                         # The dead worker's trial is RUNNING until its heartbeat is stale; then
                         # it is queued again, and there is work for a new worker.
                         wait_for_stale(study, heartbeat_s * GRACE_FACTOR, say)
+                        requeue_interrupted(study)  # its interrupted trial: for the new worker
                         if sweep_finished(study):
                             failed.add(k)
                             continue

@@ -331,8 +331,29 @@ def optimize(study: Any, objective: Any, outage_s: float = OUTAGE_S) -> None:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             say(f"the storage is unreachable ({first[:160]}); waiting up to {outage_s:.0f} s")
             _wait_for_storage(study, outage_s)
+            _requeue_own_running(study)
             if sweep_finished(study):
                 return
+
+
+def _requeue_own_running(study: Any) -> None:
+    """The trial this worker was running when the storage went away cannot be told any more:
+    fail it as interrupted and queue it again now, rather than leave it RUNNING (counted toward
+    the target) until its heartbeat goes stale."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from study.sweep import requeue_interrupted
+
+    me = f"{socket.gethostname()}:{os.getpid()}/"
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if str(t.user_attrs.get("worker", "")).startswith(me):
+            try:
+                study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "interrupted")
+                study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # another process failed it (stale heartbeat) meanwhile
+    requeue_interrupted(study)
 
 
 def _wait_for_storage(study: Any, outage_s: float) -> None:
