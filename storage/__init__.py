@@ -121,10 +121,11 @@ def open_storage(url: str | None = None, heartbeat_s: int = HEARTBEAT_S) -> Any:
     else:
         engine_kwargs = {"pool_pre_ping": True}
     def connect() -> Any:
-        return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_s,
-                          grace_period=heartbeat_s * GRACE_FACTOR,
-                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                              max_retry=2))
+        return _stale_without_a_beat(RDBStorage(
+            url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_s,
+            grace_period=heartbeat_s * GRACE_FACTOR,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2)),
+            heartbeat_s * GRACE_FACTOR)
 
     try:
         try:
@@ -176,6 +177,37 @@ def _beat_through_outages(store: Any) -> Any:
                 raise
 
     store.record_heartbeat = record_heartbeat
+    return store
+
+
+def _stale_without_a_beat(store: Any, grace_s: float) -> Any:
+    """Also count as stale a RUNNING trial that never wrote a heartbeat, once it started more
+    than ``grace_s`` ago. Optuna's RDB storage skips such trials, so a worker killed between
+    taking a trial and its first beat left it RUNNING for good (and counted toward the target).
+    ``datetime_start`` is the worker's clock: the workers' clocks are assumed in step."""
+    import datetime
+
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+    from optuna.trial import TrialState
+
+    with_beats = store._get_stale_trial_ids
+
+    def _get_stale_trial_ids(study_id: int) -> list[int]:
+        stale = with_beats(study_id)
+        now = datetime.datetime.now()
+        old = [t._trial_id for t in store.get_all_trials(study_id, deepcopy=False,
+                                                          states=(TrialState.RUNNING,))
+               if t._trial_id not in stale and t.datetime_start is not None
+               and (now - t.datetime_start).total_seconds() > grace_s]
+        if old:
+            with _create_scoped_session(store.scoped_session) as session:
+                beating = {b.trial_id for b in session.query(models.TrialHeartbeatModel)
+                           .filter(models.TrialHeartbeatModel.trial_id.in_(old)).all()}
+            stale += [i for i in old if i not in beating]
+        return stale
+
+    store._get_stale_trial_ids = _get_stale_trial_ids
     return store
 
 

@@ -234,3 +234,22 @@ def test_one_rank_failing_fails_its_trial_on_every_rank_and_the_group_goes_on(tm
     assert time.time() - started < 400
     result = json.loads((Path(trials[1].user_attrs["trial_dir"]) / "result.json").read_text())
     assert result["status"] == "complete" and result["processes"] == 2
+
+
+def test_a_trial_killed_before_its_first_heartbeat_goes_stale_too(tmp_path):
+    """A worker killed between taking a trial and its first heartbeat: Optuna's RDB storage
+    skips RUNNING trials without a heartbeat, so before, the trial stayed RUNNING for good and
+    counted toward the target (seen in CI: the killed-worker sweep ended with 2 of 3 trials)."""
+    space = load_space(space_file(tmp_path, "qmc", n_trials=2))
+    store = storage.open_storage(f"sqlite:///{tmp_path / 'db.sqlite'}", heartbeat_s=1)
+    study = sweep.open_sweep(store, "s", space, 2)
+    killed = study.ask()  # RUNNING, and no heartbeat ever written
+    space.suggest(killed)
+    sweep._fail_stale(study)
+    assert study.get_trials()[killed.number].state == TrialState.RUNNING  # not 3 s old yet
+    time.sleep(3.5)
+    assert not sweep.sweep_finished(study)
+    trials = study.get_trials()
+    assert trials[killed.number].state == TrialState.FAIL
+    assert [t.state for t in trials if t.system_attrs.get("failed_trial") == killed.number] == [
+        TrialState.WAITING]
