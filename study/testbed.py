@@ -76,11 +76,11 @@ def tiny_space(path: Path, n_trials: int, dimensions: dict[str, Any] | None = No
                **fixed: Any) -> Path:
     """A search space on the built-in 2-layer random model (``model: tiny-random``).
 
-    Narrow dimensions (n_real 4-6, m 2, batch 2: 16-24 steps) so every trial takes about as
+    Narrow dimensions (n_real 4-6, m 2, batch 2, 12 epochs: 48-72 steps) so every trial takes about as
     long: a fault aimed at the middle of a trial lands there. ``fixed`` overrides the settings.
     """
     fixed = {"behavior": "listening", "model": "tiny-random", "dream_strategy": "template",
-             "dream_multiplier": 2, "batch_size": 2, "epochs": 4, "seed": 0, "finetune": "lora",
+             "dream_multiplier": 2, "batch_size": 2, "epochs": 12, "seed": 0, "finetune": "lora",
              "n_probes": 8, "n_contrast": 4, "n_control": 4, "n_train_scored": 4, **fixed}
     for name in dimensions or ():  # a dimension is not also a fixed setting
         fixed.pop(name, None)
